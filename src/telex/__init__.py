@@ -1,0 +1,54 @@
+"""telex: send messages between machines over TCP; every message is acknowledged.
+
+The asyncio API::
+
+    async with telex.connect("127.0.0.1", 7777) as client:
+        ack = await client.send("hello")
+
+The blocking API::
+
+    with telex.Client("127.0.0.1", 7777) as client:
+        ack = client.send("hello")
+
+A server::
+
+    async with telex.Server(handler, port=7777) as server:
+        await server.serve_forever()
+"""
+
+from ._version import __version__
+from .client import AsyncClient, connect
+from .events import Ack, AckStatus, ErrorCode, Message
+from .exceptions import (
+    ConnectError,
+    ConnectionClosed,
+    MessageRejected,
+    ProtocolError,
+    TelexError,
+    TelexTimeout,
+)
+from .limits import Limits
+from .server import DEFAULT_PORT, Peer, Reject, Server
+from .sync import Client
+
+__all__ = [
+    "DEFAULT_PORT",
+    "Ack",
+    "AckStatus",
+    "AsyncClient",
+    "Client",
+    "ConnectError",
+    "ConnectionClosed",
+    "ErrorCode",
+    "Limits",
+    "Message",
+    "MessageRejected",
+    "Peer",
+    "ProtocolError",
+    "Reject",
+    "Server",
+    "TelexError",
+    "TelexTimeout",
+    "__version__",
+    "connect",
+]

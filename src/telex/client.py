@@ -1,0 +1,339 @@
+"""The asyncio client: ``async with telex.connect(host, port) as client``.
+
+``send(body)`` waits for one acknowledgment; ``send_nowait(body)`` returns a future at
+once so many messages can be in flight; ``send_many(bodies)`` keeps a window of them
+in flight and returns every acknowledgment in order. Writes made in one loop turn
+leave as one write.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections import deque
+from collections.abc import (
+    AsyncIterable,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Generator,
+    Iterable,
+    Iterator,
+)
+from typing import Any, cast
+
+from ._version import __version__
+from .events import Ack, Body, Goodbye, Message, PeerError, ProtocolViolation, Welcome
+from .exceptions import (
+    ConnectError,
+    ConnectionClosed,
+    MessageRejected,
+    ProtocolError,
+    TelexError,
+    TelexTimeout,
+)
+from .protocol import DEFAULT_MAX_MESSAGE_SIZE, Connection, Role
+
+__all__ = ["AsyncClient", "connect", "connect_errors"]
+
+DEFAULT_WINDOW = 1000
+
+
+@contextlib.contextmanager
+def connect_errors(host: str, port: int, timeout: float) -> Iterator[None]:
+    """Turn the ways a TCP connect fails into one ``ConnectError`` that says which."""
+    where = f"{host}:{port}"
+    try:
+        yield
+    except socket.gaierror as exc:
+        raise ConnectError(f"cannot resolve host {host!r}") from exc
+    except ConnectionRefusedError as exc:
+        raise ConnectError(f"connection refused by {where} (is a server running there?)") from exc
+    except TimeoutError as exc:
+        raise ConnectError(f"no answer from {where} within {timeout:g} s") from exc
+    except OSError as exc:
+        raise ConnectError(f"cannot connect to {where}: {exc.strerror or exc}") from exc
+
+
+class _ClientProtocol(asyncio.Protocol):
+    """Feeds the core and settles the future of each acknowledged message."""
+
+    def __init__(self, conn: Connection, name: str | None) -> None:
+        self.conn = conn
+        self.name = name
+        self.loop = asyncio.get_running_loop()
+        self.transport: asyncio.Transport | None = None
+        self.welcome: asyncio.Future[Welcome] = self.loop.create_future()
+        self.closed: asyncio.Future[None] = self.loop.create_future()
+        self.pending: dict[int, asyncio.Future[Ack]] = {}
+        self.failure: TelexError | None = None
+        self.server_goodbye = False
+        self.first_bytes = b""
+        self.flush_scheduled = False
+        self.can_write: asyncio.Future[None] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        self.conn.initiate(name=self.name, agent=f"telex/{__version__}")
+        self.flush()
+
+    def data_received(self, data: bytes) -> None:
+        if not self.welcome.done() and len(self.first_bytes) < 64:
+            self.first_bytes += data[: 64 - len(self.first_bytes)]
+        pending = self.pending
+        for event in self.conn.receive_data(data):
+            if type(event) is Ack:
+                future = pending.pop(event.id, None)
+                if future is not None and not future.done():
+                    future.set_result(event)
+            elif type(event) is Message:
+                self.conn.send_ack(event.id)  # the server's messages come with the next issue
+            elif type(event) is Welcome:
+                if not self.welcome.done():
+                    self.welcome.set_result(event)
+            elif type(event) is Goodbye:
+                self.server_goodbye = True
+            elif type(event) is ProtocolViolation or type(event) is PeerError:
+                self.failure = ProtocolError(event.code, event.reason)
+        self.flush()
+        if self.failure is not None or (self.server_goodbye and not pending):
+            self.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.failure is None:
+            reason = "the server said goodbye" if self.server_goodbye else "connection lost"
+            if exc is not None:
+                reason = f"connection lost: {exc}"
+            self.failure = ConnectionClosed(reason, len(self.pending))
+        for future in self.pending.values():
+            if not future.done():
+                future.set_exception(self.failure)
+        self.pending.clear()
+        if not self.welcome.done():
+            self.welcome.set_exception(self.failure)
+        if self.can_write is not None and not self.can_write.done():
+            self.can_write.set_result(None)
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+    def pause_writing(self) -> None:
+        self.can_write = self.loop.create_future()
+
+    def resume_writing(self) -> None:
+        if self.can_write is not None and not self.can_write.done():
+            self.can_write.set_result(None)
+        self.can_write = None
+
+    def schedule_flush(self) -> None:
+        if not self.flush_scheduled:
+            self.flush_scheduled = True
+            self.loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        self.flush_scheduled = False
+        data = self.conn.data_to_send()
+        if data and self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+
+    def close(self) -> None:
+        self.flush()
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+
+
+class AsyncClient:
+    """A connected telex client; make one with ``connect()``."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        name: str | None = None,
+        timeout: float = 30.0,
+        connect_timeout: float = 10.0,
+        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.name = name
+        self.timeout = timeout
+        self.connect_timeout = connect_timeout
+        self.server_limits: dict[str, Any] = {}
+        self.server_agent = ""
+        self._conn = Connection(Role.CLIENT, max_message_size=max_message_size)
+        self._protocol: _ClientProtocol | None = None
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    async def connect(self) -> AsyncClient:
+        """Open the connection and finish the handshake, or raise ``ConnectError``."""
+        loop = asyncio.get_running_loop()
+        where = self.address
+        with connect_errors(self.host, self.port, self.connect_timeout):
+            async with asyncio.timeout(self.connect_timeout):
+                _, protocol = await loop.create_connection(
+                    lambda: _ClientProtocol(self._conn, self.name), self.host, self.port
+                )
+        self._protocol = protocol
+        try:
+            async with asyncio.timeout(self.connect_timeout):
+                welcome = await protocol.welcome
+        except TimeoutError as exc:
+            protocol.close()
+            raise ConnectError(
+                f"{where} did not answer the telex handshake within {self.connect_timeout:g} s "
+                "(for a plain line-based server, use --text)"
+            ) from exc
+        except ProtocolError as exc:
+            answer = protocol.first_bytes
+            raise ConnectError(
+                f"{where} is not a telex server (it answered {answer!r})"
+                if answer
+                else f"{where} broke the handshake: {exc.reason}"
+            ) from exc
+        except ConnectionClosed as exc:
+            raise ConnectError(
+                f"{where} closed the connection during the handshake "
+                "(is it at its connection limit, or not a telex server?)"
+            ) from exc
+        self.server_limits = welcome.limits
+        self.server_agent = welcome.agent
+        return self
+
+    # -- sending ----------------------------------------------------------------------
+
+    def _live(self) -> _ClientProtocol:
+        protocol = self._protocol
+        if protocol is None:
+            raise RuntimeError("the client is not connected; use 'async with telex.connect(...)'")
+        if protocol.failure is not None:
+            raise protocol.failure
+        if protocol.server_goodbye:
+            raise ConnectionClosed("the server is shutting down", len(protocol.pending))
+        return protocol
+
+    def send_nowait(self, body: Body) -> asyncio.Future[Ack]:
+        """Queue a message and return a future of its acknowledgment (rejections included)."""
+        protocol = self._live()
+        msg_id = self._conn.send_message(body)
+        future: asyncio.Future[Ack] = protocol.loop.create_future()
+        protocol.pending[msg_id] = future
+        protocol.schedule_flush()
+        return future
+
+    async def send(self, body: Body, *, timeout: float | None = None) -> Ack:
+        """Send one message and return its acknowledgment; raise if it was rejected."""
+        ack = await self._wait(self.send_nowait(body), timeout)
+        if not ack.ok:
+            raise MessageRejected(ack)
+        return ack
+
+    async def send_many(
+        self,
+        bodies: Iterable[Body] | AsyncIterable[Body],
+        *,
+        window: int = DEFAULT_WINDOW,
+        timeout: float | None = None,
+        on_ack: Callable[[Ack], object] | None = None,
+    ) -> list[Ack]:
+        """Send every body with up to ``window`` in flight; return all acks in order.
+
+        ``bodies`` may be an async iterable, such as lines read as they arrive.
+        Rejections are returned, not raised: look at ``ack.ok``. ``on_ack`` is called
+        with each acknowledgment as it arrives, in order.
+        """
+        acks: list[Ack] = []
+        in_flight: deque[asyncio.Future[Ack]] = deque()
+        try:
+            async for body in _each(bodies):
+                if len(in_flight) >= window:
+                    acks.append(await self._wait(in_flight.popleft(), timeout))
+                    if on_ack is not None:
+                        on_ack(acks[-1])
+                in_flight.append(self.send_nowait(body))
+                protocol = self._protocol
+                if protocol is not None and protocol.can_write is not None:
+                    await protocol.can_write
+            while in_flight:
+                acks.append(await self._wait(in_flight.popleft(), timeout))
+                if on_ack is not None:
+                    on_ack(acks[-1])
+        except BaseException:
+            for future in in_flight:  # their failure is reported by the one raised here
+                if future.done() and not future.cancelled():
+                    future.exception()
+                else:
+                    future.cancel()
+            raise
+        return acks
+
+    async def _wait(self, future: Awaitable[Ack], timeout: float | None) -> Ack:
+        limit = self.timeout if timeout is None else timeout
+        try:
+            async with asyncio.timeout(limit):
+                return await future
+        except TimeoutError as exc:
+            raise TelexTimeout(f"no acknowledgment from {self.address} within {limit:g} s") from exc
+
+    @property
+    def unacknowledged(self) -> int:
+        return 0 if self._protocol is None else len(self._protocol.pending)
+
+    # -- closing ----------------------------------------------------------------------
+
+    async def close(self) -> None:
+        """Wait (within the timeout) for outstanding acks, say goodbye, close."""
+        protocol = self._protocol
+        if protocol is None:
+            return
+        if protocol.pending and protocol.failure is None:
+            waiting = list(protocol.pending.values())
+            await asyncio.wait(waiting, timeout=self.timeout)
+            for future in waiting:
+                if future.done() and not future.cancelled():
+                    future.exception()
+        self._conn.send_goodbye("client closing")
+        protocol.close()
+        try:
+            async with asyncio.timeout(self.timeout):
+                await protocol.closed
+        except TimeoutError:
+            if protocol.transport is not None:
+                protocol.transport.abort()
+
+    async def __aenter__(self) -> AsyncClient:
+        if self._protocol is None:
+            await self.connect()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+
+async def _each(bodies: Iterable[Body] | AsyncIterable[Body]) -> AsyncIterator[Body]:
+    if isinstance(bodies, AsyncIterable):
+        async for body in bodies:
+            yield body
+    else:
+        for body in bodies:
+            yield body
+
+
+class connect:
+    """Connect to a telex server: ``async with telex.connect("127.0.0.1", 7777) as client``."""
+
+    def __init__(self, host: str, port: int, **options: Any) -> None:
+        self._client = AsyncClient(host, port, **options)
+
+    def __await__(self) -> Generator[Any, None, AsyncClient]:
+        return self._client.connect().__await__()
+
+    async def __aenter__(self) -> AsyncClient:
+        return await self._client.connect()
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self._client.close()

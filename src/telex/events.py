@@ -1,0 +1,147 @@
+"""What the protocol core reports after reading bytes: small immutable records.
+
+Each class is one thing the peer said (or, for ``ProtocolViolation``, one way it broke
+the rules). ``Event`` names the whole set, so a ``match`` over it can be checked.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import IntEnum
+from typing import Any
+
+__all__ = [
+    "Ack",
+    "AckStatus",
+    "ErrorCode",
+    "Event",
+    "Goodbye",
+    "Hello",
+    "Message",
+    "MessageTooLarge",
+    "PeerError",
+    "Pong",
+    "ProtocolViolation",
+    "Welcome",
+]
+
+Body = bytes | str
+
+
+class AckStatus(IntEnum):
+    """The status byte of an ACK: 0 is success, anything else is a rejection."""
+
+    OK = 0
+    TOO_LARGE = 1
+    REFUSED = 2
+    HANDLER_FAILED = 3
+    UNAVAILABLE = 4
+
+
+class ErrorCode(IntEnum):
+    """The code of an ERROR frame, sent just before a connection is closed."""
+
+    BAD_PREAMBLE = 1
+    MALFORMED_FRAME = 2
+    UNKNOWN_FRAME_TYPE = 3
+    FRAME_TOO_LARGE = 4
+    INVALID_UTF8 = 5
+    UNEXPECTED_FRAME = 6
+    UNSUPPORTED_VERSION = 7
+    HANDSHAKE_TIMEOUT = 8
+    IDLE_TIMEOUT = 9
+    ID_NOT_INCREASING = 10
+    TRUNCATED_FRAME = 11
+    TOO_MANY_CONNECTIONS = 12
+    INTERNAL_ERROR = 13
+
+
+@dataclass(frozen=True, slots=True)
+class Hello:
+    """The client's half of the handshake."""
+
+    version: int
+    name: str | None = None
+    agent: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Welcome:
+    """The server's half of the handshake; ``limits`` are the ones it enforces."""
+
+    version: int
+    agent: str = ""
+    limits: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """A message; ``body`` is ``str`` when it was sent as text, else ``bytes``."""
+
+    id: int
+    body: Body
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    """The answer to message ``id``: ``status`` 0 with a ``reply``, or a rejection."""
+
+    id: int
+    status: int = AckStatus.OK
+    reason: str = ""
+    reply: Body = b""
+
+    @property
+    def ok(self) -> bool:
+        return self.status == AckStatus.OK
+
+
+@dataclass(frozen=True, slots=True)
+class MessageTooLarge:
+    """A message over the size limit arrived; the core has already queued its rejection."""
+
+    id: int
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class Pong:
+    """The answer to one of our pings."""
+
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Goodbye:
+    """The peer will send no new messages; it still acknowledges what it received."""
+
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class PeerError:
+    """The peer reported that we broke the protocol, and is closing."""
+
+    code: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class ProtocolViolation:
+    """The peer broke the protocol; an ERROR frame is queued and the connection is over."""
+
+    code: int
+    reason: str
+
+
+Event = (
+    Hello
+    | Welcome
+    | Message
+    | Ack
+    | MessageTooLarge
+    | Pong
+    | Goodbye
+    | PeerError
+    | ProtocolViolation
+)

@@ -1,0 +1,474 @@
+"""The telex connection as a plain object: bytes in, events out; calls in, bytes out.
+
+``Connection.receive_data(data)`` parses every complete frame in ``data`` and returns
+their events; ``send_*`` methods queue frames, and ``data_to_send()`` hands over all
+queued bytes at once so an I/O layer writes them with one call. Nothing here touches a
+socket, a clock or a file: timeouts, reading and writing belong to the caller.
+
+A peer that breaks the protocol does not raise: the core queues an ERROR frame,
+returns a final ``ProtocolViolation`` event, and ignores whatever arrives after it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from enum import Enum
+from struct import Struct
+from typing import Any
+
+from . import frames
+from .events import (
+    Ack,
+    AckStatus,
+    Body,
+    ErrorCode,
+    Event,
+    Goodbye,
+    Hello,
+    Message,
+    MessageTooLarge,
+    PeerError,
+    Pong,
+    ProtocolViolation,
+    Welcome,
+)
+from .frames import (
+    ACK_FIXED,
+    CONTROL_FRAME_LIMIT,
+    FLAG_TEXT,
+    MESSAGE_FIXED,
+    PREAMBLE,
+    SKIP_FACTOR,
+    FrameType,
+)
+
+__all__ = ["DEFAULT_MAX_MESSAGE_SIZE", "Connection", "Role", "State", "looks_framed"]
+
+DEFAULT_MAX_MESSAGE_SIZE = 1024 * 1024
+
+_unpack_header = frames.HEADER.unpack_from
+_unpack_id_flags = Struct(">QB").unpack_from
+_unpack_ack = Struct(">QBBH").unpack_from
+_unpack_u16 = Struct(">H").unpack_from
+_unpack_u64 = Struct(">Q").unpack_from
+_pack_ack_head = frames.ACK_HEAD.pack
+_MESSAGE = int(FrameType.MESSAGE)
+_ACK = int(FrameType.ACK)
+
+# Building a frozen dataclass through __init__ costs an object.__setattr__ per field;
+# the parser fills the slots directly, which is about twice as fast per message.
+_new = object.__new__
+_set_message_id: Callable[[Message, int], None] = vars(Message)["id"].__set__
+_set_message_body: Callable[[Message, Body], None] = vars(Message)["body"].__set__
+
+
+class Role(Enum):
+    CLIENT = "client"
+    SERVER = "server"
+
+
+class State(Enum):
+    PREAMBLE = "preamble"  # waiting for the peer's 8-byte preamble
+    HANDSHAKE = "handshake"  # waiting for HELLO (server) or WELCOME (client)
+    OPEN = "open"  # messages flow both ways
+    CLOSED = "closed"  # after an ERROR either way; nothing more is read
+
+
+_ANYTIME = {FrameType.ERROR}
+_OPEN = {
+    FrameType.MESSAGE,
+    FrameType.ACK,
+    FrameType.PING,
+    FrameType.PONG,
+    FrameType.ERROR,
+    FrameType.GOODBYE,
+}
+
+ALLOWED: dict[tuple[Role, State], set[FrameType]] = {
+    (Role.SERVER, State.HANDSHAKE): {FrameType.HELLO} | _ANYTIME,
+    (Role.CLIENT, State.HANDSHAKE): {FrameType.WELCOME} | _ANYTIME,
+    (Role.SERVER, State.OPEN): _OPEN,
+    (Role.CLIENT, State.OPEN): _OPEN,
+}
+"""The state table: which frame types each side may receive in each state."""
+
+
+def looks_framed(first_bytes: bytes) -> bool | None:
+    """Tell a telex client from a plain-text one by its first bytes (None: too few yet)."""
+    if not first_bytes:
+        return None
+    return first_bytes[0] == PREAMBLE[0]
+
+
+class Connection:
+    """One end of a telex connection, with no I/O.
+
+    The client starts it with ``initiate()``; the server answers a ``Hello`` event with
+    ``send_welcome()`` (or ``send_error()``).
+    """
+
+    def __init__(self, role: Role, *, max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE) -> None:
+        self.role = role
+        self.state = State.PREAMBLE
+        self.max_message_size = max_message_size
+        self.peer_said_goodbye = False
+        self.said_goodbye = False
+        self.last_received_id = 0
+        self._next_id = 1
+        self._out: list[bytes] = []
+        self._pending = bytearray()
+        self._need = len(PREAMBLE)
+        self._skip = 0
+        self._accepting = False  # may a MESSAGE arrive now?
+        self._reply: object = None
+        self._pack_ack: Callable[..., bytes] = _pack_ack_head
+        self._ack_length = ACK_FIXED
+        self._reply_flags = 0
+        self._payload = b""
+        if role is Role.SERVER:
+            self._out.append(PREAMBLE)
+
+    # -- outgoing -------------------------------------------------------------------
+
+    def initiate(self, *, name: str | None = None, agent: str = "") -> None:
+        """Client only: queue the preamble and HELLO."""
+        if self.role is not Role.CLIENT:
+            raise RuntimeError("only a client initiates")
+        hello: dict[str, Any] = {"version": frames.PROTOCOL_VERSION, "agent": agent}
+        if name is not None:
+            hello["name"] = name
+        self._out.append(PREAMBLE + frames.json_frame(FrameType.HELLO, hello))
+
+    def send_welcome(self, *, agent: str = "", limits: dict[str, Any] | None = None) -> None:
+        """Server only: accept the client's HELLO."""
+        if self.role is not Role.SERVER:
+            raise RuntimeError("only a server welcomes")
+        welcome = {"version": frames.PROTOCOL_VERSION, "agent": agent, "limits": limits or {}}
+        self._out.append(frames.json_frame(FrameType.WELCOME, welcome))
+
+    def send_message(self, body: Body) -> int:
+        """Queue a message and return its id."""
+        payload, flags = frames.encode_body(body)
+        msg_id = self._next_id
+        self._next_id = msg_id + 1
+        self._out.append(frames.message(msg_id, payload, flags))
+        return msg_id
+
+    @property
+    def next_id(self) -> int:
+        return self._next_id
+
+    def send_ack(self, msg_id: int, reply: Body = b"") -> None:
+        """Queue a successful acknowledgment of ``msg_id`` with an optional reply body."""
+        if reply is not self._reply:
+            self._prepare_reply(reply)
+        self._out.append(
+            self._pack_ack(self._ack_length, _ACK, msg_id, 0, self._reply_flags, 0, self._payload)
+        )
+
+    def _prepare_reply(self, reply: Body) -> None:
+        """Compile a struct that packs an ACK header and this reply in one call.
+
+        Handlers usually answer with the same reply object every time, so this runs once.
+        """
+        self._payload, self._reply_flags = frames.encode_body(reply)
+        self._pack_ack = Struct(f"{frames.ACK_HEAD.format}{len(self._payload)}s").pack
+        self._ack_length = ACK_FIXED + len(self._payload)
+        self._reply = reply
+
+    def send_rejection(self, msg_id: int, status: AckStatus, reason: str) -> None:
+        """Queue a rejection of ``msg_id``: a nonzero status and a human-readable reason."""
+        if status == AckStatus.OK:
+            raise ValueError("a rejection needs a nonzero status")
+        self._out.append(frames.ack(msg_id, status, reason[:1000].encode(), b"", 0))
+
+    def send_ping(self, payload: int = 0) -> None:
+        self._out.append(frames.ping(FrameType.PING, payload))
+
+    def send_goodbye(self, reason: str = "") -> None:
+        """Say we send no new messages; acknowledgments may still follow."""
+        if not self.said_goodbye:
+            self.said_goodbye = True
+            self._out.append(frames.goodbye(reason))
+
+    def send_error(self, code: ErrorCode, reason: str) -> None:
+        """Queue an ERROR frame; the caller closes the connection after writing it."""
+        if self.state is not State.CLOSED:
+            self._out.append(frames.error(code, reason))
+            self._close()
+
+    def data_to_send(self) -> bytes:
+        """Everything queued so far, as one bytes object to write."""
+        out = self._out
+        if not out:
+            return b""
+        data = out[0] if len(out) == 1 else b"".join(out)
+        out.clear()
+        return data
+
+    # -- incoming -------------------------------------------------------------------
+
+    def receive_data(self, data: bytes) -> list[Event]:
+        """Parse ``data`` with what was left over before; return the events it completes."""
+        if self.state is State.CLOSED or not data:
+            return []
+        if self._skip:
+            if len(data) <= self._skip:
+                self._skip -= len(data)
+                return []
+            data = data[self._skip :]
+            self._skip = 0
+        if self._pending:
+            self._pending += data
+            if len(self._pending) < self._need:
+                return []
+            data = bytes(self._pending)
+            self._pending = bytearray()
+        events: list[Event] = []
+        if self.state is State.PREAMBLE:
+            if len(data) < len(PREAMBLE):
+                if not PREAMBLE.startswith(data):
+                    return self._violation(events, ErrorCode.BAD_PREAMBLE, "not a telex peer")
+                self._pending += data
+                return events
+            if not data.startswith(PREAMBLE):
+                return self._violation(events, ErrorCode.BAD_PREAMBLE, "not a telex peer")
+            data = data[len(PREAMBLE) :]
+            self.state = State.HANDSHAKE
+            self._need = frames.HEADER_SIZE
+        self._parse(data, events)
+        return events
+
+    def receive_eof(self) -> list[Event]:
+        """The peer closed its side; a frame cut short is a violation."""
+        if self.state is State.CLOSED:
+            return []
+        events: list[Event] = []
+        if self._pending or self._skip:
+            return self._violation(events, ErrorCode.TRUNCATED_FRAME, "connection closed mid-frame")
+        return events
+
+    def _parse(self, data: bytes, events: list[Event]) -> None:
+        """Parse every complete frame of ``data``; keep the incomplete tail for later."""
+        n = len(data)
+        pos = 0
+        max_message_frame = self.max_message_size + MESSAGE_FIXED
+        append = events.append
+        last_id = self.last_received_id
+        while True:
+            avail = n - pos
+            if avail < 5:
+                self._need = 5
+                break
+            length, ftype = _unpack_header(data, pos)
+            end = pos + 4 + length
+            if ftype == _MESSAGE and MESSAGE_FIXED <= length <= max_message_frame:
+                if end > n:
+                    self._need = 4 + length
+                    break
+                if self._accepting:
+                    msg_id, flags = _unpack_id_flags(data, pos + 5)
+                    if msg_id <= last_id:
+                        self._violation(
+                            events, ErrorCode.ID_NOT_INCREASING, f"message id {msg_id} repeated"
+                        )
+                        break
+                    last_id = msg_id
+                    body: Body = data[pos + 14 : end]
+                    if flags & FLAG_TEXT:
+                        try:
+                            body = data[pos + 14 : end].decode()
+                        except UnicodeDecodeError:
+                            self._violation(events, ErrorCode.INVALID_UTF8, "text not UTF-8")
+                            break
+                    message = _new(Message)
+                    _set_message_id(message, msg_id)
+                    _set_message_body(message, body)
+                    append(message)
+                    pos = end
+                    continue
+            # Everything but an acceptable, in-limit MESSAGE: the slower, careful path.
+            self.last_received_id = last_id
+            if not self._frame_allowed(ftype, events):
+                return
+            if ftype == _MESSAGE:
+                if length < MESSAGE_FIXED:
+                    self._violation(events, ErrorCode.MALFORMED_FRAME, "MESSAGE frame too short")
+                    return
+                if avail < 14:  # over the size limit: read its id, then skip its body
+                    self._need = 14
+                    break
+                if not self._reject_oversized(data, pos, length, events):
+                    return
+                last_id = self.last_received_id
+                if end > n:
+                    self._skip = end - n
+                    pos = n
+                    self._need = 5
+                    break
+                pos = end
+                continue
+            limit = self.max_message_size + 2048 if ftype == FrameType.ACK else CONTROL_FRAME_LIMIT
+            if length > limit:
+                self._violation(
+                    events, ErrorCode.FRAME_TOO_LARGE, f"{ftype.name} frame of {length} bytes"
+                )
+                return
+            if end > n:
+                self._need = 4 + length
+                break
+            if not self._control(FrameType(ftype), data[pos + 5 : end], events):
+                return
+            pos = end
+        self.last_received_id = last_id
+        if pos < n and self.state is not State.CLOSED:
+            self._pending = bytearray(data[pos:])
+
+    def _frame_allowed(self, ftype: int, events: list[Event]) -> bool:
+        try:
+            frame_type = FrameType(ftype)
+        except ValueError:
+            self._violation(events, ErrorCode.UNKNOWN_FRAME_TYPE, f"unknown frame type {ftype}")
+            return False
+        if frame_type not in ALLOWED.get((self.role, self.state), ()):
+            handshake = frame_type in (FrameType.HELLO, FrameType.WELCOME)
+            detail = " (a second handshake)" if handshake and self.state is State.OPEN else ""
+            self._violation(
+                events,
+                ErrorCode.UNEXPECTED_FRAME,
+                f"unexpected {frame_type.name} frame in state {self.state.value}{detail}",
+            )
+            return False
+        if frame_type is FrameType.MESSAGE and self.peer_said_goodbye:
+            self._violation(events, ErrorCode.UNEXPECTED_FRAME, "MESSAGE after GOODBYE")
+            return False
+        return True
+
+    def _reject_oversized(self, data: bytes, pos: int, length: int, events: list[Event]) -> bool:
+        size = length - MESSAGE_FIXED
+        if length > self.max_message_size * SKIP_FACTOR + MESSAGE_FIXED:
+            self._violation(events, ErrorCode.FRAME_TOO_LARGE, f"message of {size} bytes")
+            return False
+        (msg_id,) = _unpack_u64(data, pos + 5)
+        if msg_id <= self.last_received_id:
+            self._violation(
+                events, ErrorCode.ID_NOT_INCREASING, f"message id {msg_id} not increasing"
+            )
+            return False
+        self.last_received_id = msg_id
+        self.send_rejection(
+            msg_id,
+            AckStatus.TOO_LARGE,
+            f"message of {size} bytes is over the limit of {self.max_message_size}",
+        )
+        events.append(MessageTooLarge(msg_id, size))
+        return True
+
+    def _control(self, ftype: FrameType, payload: bytes, events: list[Event]) -> bool:
+        """Handle one complete frame other than an in-limit MESSAGE; False if it was bad."""
+        try:
+            if ftype is FrameType.ACK:
+                events.append(self._parse_ack(payload))
+            elif ftype is FrameType.PING:
+                self._expect_length(payload, 8)
+                self._out.append(frames.HEADER.pack(9, FrameType.PONG) + payload)
+            elif ftype is FrameType.PONG:
+                self._expect_length(payload, 8)
+                events.append(Pong(payload))
+            elif ftype is FrameType.GOODBYE:
+                self.peer_said_goodbye = True
+                self._accepting = False  # a MESSAGE now takes the checked path, and fails
+                events.append(Goodbye(payload.decode()))
+            elif ftype is FrameType.ERROR:
+                if len(payload) < 2:
+                    raise _Malformed("ERROR frame too short")
+                (code,) = _unpack_u16(payload, 0)
+                events.append(PeerError(code, payload[2:].decode()))
+                self._close()
+                return False
+            elif ftype is FrameType.HELLO:
+                events.append(self._parse_hello(payload))
+            else:  # WELCOME
+                events.append(self._parse_welcome(payload))
+        except UnicodeDecodeError:
+            self._violation(events, ErrorCode.INVALID_UTF8, f"{ftype.name} text not UTF-8")
+            return False
+        except _Malformed as exc:
+            self._violation(events, ErrorCode.MALFORMED_FRAME, str(exc))
+            return False
+        except _Unsupported as exc:
+            self._violation(events, ErrorCode.UNSUPPORTED_VERSION, str(exc))
+            return False
+        return True
+
+    @staticmethod
+    def _expect_length(payload: bytes, size: int) -> None:
+        if len(payload) != size:
+            raise _Malformed(f"expected {size} bytes of payload, got {len(payload)}")
+
+    def _parse_ack(self, payload: bytes) -> Ack:
+        if len(payload) < ACK_FIXED - 1:
+            raise _Malformed("ACK frame too short")
+        msg_id, status, flags, reason_len = _unpack_ack(payload, 0)
+        start = ACK_FIXED - 1
+        if start + reason_len > len(payload):
+            raise _Malformed("ACK reason longer than its frame")
+        reason = payload[start : start + reason_len].decode()
+        raw_reply = payload[start + reason_len :]
+        reply: Body = raw_reply.decode() if flags & FLAG_TEXT else raw_reply
+        return Ack(msg_id, status, reason, reply)
+
+    def _load_json(self, payload: bytes, what: str) -> dict[str, Any]:
+        try:
+            obj = json.loads(payload.decode())
+        except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError alike
+            raise _Malformed(f"{what} is not a JSON object") from exc
+        if not isinstance(obj, dict):
+            raise _Malformed(f"{what} is not a JSON object")
+        version = obj.get("version")
+        if version != frames.PROTOCOL_VERSION:
+            raise _Unsupported(
+                f"protocol version {version!r} not supported (this side speaks "
+                f"{frames.PROTOCOL_VERSION})"
+            )
+        return obj
+
+    def _parse_hello(self, payload: bytes) -> Hello:
+        obj = self._load_json(payload, "HELLO")
+        name = obj.get("name")
+        agent = obj.get("agent", "")
+        if not (name is None or isinstance(name, str)) or not isinstance(agent, str):
+            raise _Malformed("HELLO fields have the wrong types")
+        self.state = State.OPEN
+        self._accepting = True
+        return Hello(frames.PROTOCOL_VERSION, name, agent)
+
+    def _parse_welcome(self, payload: bytes) -> Welcome:
+        obj = self._load_json(payload, "WELCOME")
+        agent = obj.get("agent", "")
+        limits = obj.get("limits", {})
+        if not isinstance(agent, str) or not isinstance(limits, dict):
+            raise _Malformed("WELCOME fields have the wrong types")
+        self.state = State.OPEN
+        self._accepting = True
+        return Welcome(frames.PROTOCOL_VERSION, agent, limits)
+
+    def _violation(self, events: list[Event], code: ErrorCode, reason: str) -> list[Event]:
+        self.send_error(code, reason)
+        events.append(ProtocolViolation(code, reason))
+        return events
+
+    def _close(self) -> None:
+        self.state = State.CLOSED
+        self._accepting = False
+        self._pending = bytearray()
+        self._skip = 0
+
+
+class _Malformed(Exception):
+    pass
+
+
+class _Unsupported(Exception):
+    pass

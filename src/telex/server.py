@@ -1,0 +1,488 @@
+"""The asyncio server: accepts framed and plain-text peers and acknowledges every message.
+
+Each connection feeds its bytes to a protocol core (``protocol.Connection`` for telex
+clients, ``textmode.TextConnection`` for text peers, told apart by the first byte),
+runs the handler on every message the read completed and writes all their
+acknowledgments with one call. One timer task watches every connection's deadlines.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+from ._version import __version__
+from .events import (
+    AckStatus,
+    Body,
+    ErrorCode,
+    Event,
+    Goodbye,
+    Hello,
+    Message,
+    MessageTooLarge,
+    PeerError,
+    ProtocolViolation,
+)
+from .limits import Limits
+from .protocol import Connection, Role, looks_framed
+from .textmode import TextConnection
+
+__all__ = ["DEFAULT_PORT", "Handler", "Peer", "Reject", "Server", "default_handler"]
+
+DEFAULT_PORT = 7777
+TEXT_PAUSE = 0.2
+"""Seconds of quiet after which a text peer's unfinished line counts as a message."""
+
+log = logging.getLogger("telex.server")
+
+Reply = Body | None
+Handler = Callable[[Message, "Peer"], Reply] | Callable[[Message, "Peer"], Awaitable[Reply]]
+
+
+@dataclass(slots=True)
+class Peer:
+    """Who sent a message: handed to the handler beside it."""
+
+    address: str
+    mode: str = "unknown"  # "framed" or "text" once the first bytes have arrived
+    name: str | None = None
+    connected_at: float = field(default_factory=time.time)
+
+
+class Reject(Exception):
+    """Raise in a handler to reject a message; the sender gets ``reason``."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def default_handler(message: Message, peer: Peer) -> str:
+    """Acknowledge every message with the reply ``received``."""
+    return "received"
+
+
+def format_address(address: Any) -> str:
+    if isinstance(address, tuple) and len(address) >= 2:
+        host, port = address[0], address[1]
+        return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+    return str(address)
+
+
+def _is_async(handler: Callable[..., Any]) -> bool:
+    call = getattr(handler, "__call__", None)  # noqa: B004 - objects with an async __call__
+    return inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(call)
+
+
+class Server:
+    """A telex server. ``async with Server(handler, port=0) as server: ...``
+
+    ``handler(message, peer)`` returns the reply body (``str``, ``bytes`` or ``None``)
+    or raises ``Reject``; it may be a plain or an ``async`` function.
+    """
+
+    def __init__(
+        self,
+        handler: Handler | None = None,
+        *,
+        host: str = "127.0.0.1",
+        port: int = DEFAULT_PORT,
+        limits: Limits | None = None,
+        text_pause: float = TEXT_PAUSE,
+        shutdown_grace: float = 5.0,
+    ) -> None:
+        self.handler: Handler = handler or default_handler
+        self.host = host
+        self.port = port
+        self.limits = limits or Limits()
+        self.text_pause = text_pause
+        self.shutdown_grace = shutdown_grace
+        self.handler_is_async = _is_async(self.handler)
+        self.connections: set[_PeerProtocol] = set()
+        self.counts = {
+            "connections": 0,
+            "accepted": 0,
+            "rejected": 0,
+            "violations": 0,
+            "refused_connections": 0,
+        }
+        self.closing = False
+        self._per_address: dict[str, int] = {}
+        self._server: asyncio.Server | None = None
+        self._watchdog: asyncio.Task[None] | None = None
+        self._all_gone = asyncio.Event()
+
+    # -- life cycle -----------------------------------------------------------------
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: _PeerProtocol(self), self.host, self.port, reuse_address=True
+        )
+        self.port = self._server.sockets[0].getsockname()[1]
+        self._watchdog = asyncio.create_task(self._watch())
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return self.host, self.port
+
+    async def serve_forever(self) -> None:
+        if self._server is None:
+            await self.start()
+        assert self._server is not None
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._server.serve_forever()
+
+    async def close(self) -> None:
+        """Stop accepting, acknowledge what arrived, say goodbye, wait for peers to leave."""
+        if self.closing:
+            return
+        self.closing = True
+        if self._server is not None:
+            self._server.close()
+        for peer in list(self.connections):
+            peer.begin_goodbye()
+        if self.connections:
+            self._all_gone.clear()
+            try:
+                await asyncio.wait_for(self._all_gone.wait(), self.shutdown_grace)
+            except TimeoutError:
+                for peer in list(self.connections):
+                    peer.abort()
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+        if self._server is not None:
+            await self._server.wait_closed()
+
+    async def __aenter__(self) -> Server:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    def stats(self) -> dict[str, int]:
+        """What the server has counted, for ``--json`` and monitoring."""
+        return {**self.counts, "open_connections": len(self.connections)}
+
+    # -- bookkeeping for connections ------------------------------------------------
+
+    def admit(self, peer: _PeerProtocol) -> bool:
+        address = peer.host
+        if (
+            self.closing
+            or len(self.connections) >= self.limits.max_connections
+            or self._per_address.get(address, 0) >= self.limits.max_connections_per_address
+        ):
+            self.counts["refused_connections"] += 1
+            return False
+        self.connections.add(peer)
+        self._per_address[address] = self._per_address.get(address, 0) + 1
+        self.counts["connections"] += 1
+        return True
+
+    def forget(self, peer: _PeerProtocol) -> None:
+        if peer not in self.connections:
+            return
+        self.connections.discard(peer)
+        left = self._per_address[peer.host] - 1
+        if left:
+            self._per_address[peer.host] = left
+        else:
+            del self._per_address[peer.host]
+        if not self.connections:
+            self._all_gone.set()
+
+    async def _watch(self) -> None:
+        """Enforce handshake and idle deadlines, and ping quiet framed peers."""
+        limits = self.limits
+        tick = min(1.0, limits.handshake_timeout / 4, limits.idle_timeout / 4)
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(tick)
+            now = loop.time()
+            for peer in list(self.connections):
+                peer.check_deadlines(now)
+
+
+class _PeerProtocol(asyncio.Protocol):
+    """One accepted connection."""
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        self.proto: Connection | TextConnection | None = None
+        self.transport: asyncio.Transport | None = None
+        self.peer = Peer("?")
+        self.host = "?"
+        self.loop = asyncio.get_running_loop()
+        self.connected = self.last_heard = self.loop.time()
+        self.open = False  # handshake done (framed) or first byte seen (text)
+        self.pinged = False
+        self.peer_done = False  # the peer said goodbye
+        self.queue: deque[Event] = deque()  # messages waiting for an async handler
+        self.worker: asyncio.Task[None] | None = None
+        self.pause_timer: asyncio.TimerHandle | None = None
+        self.paused_for: set[str] = set()
+
+    # -- asyncio callbacks ------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        address = transport.get_extra_info("peername")
+        self.host = str(address[0]) if isinstance(address, tuple) else str(address)
+        self.peer = Peer(format_address(address))
+        if not self.server.admit(self):
+            log.warning("%s: refused: connection limit reached", self.peer.address)
+            self.transport.abort()
+            return
+        limit = self.server.limits.write_buffer_limit
+        self.transport.set_write_buffer_limits(high=limit, low=limit // 4)
+
+    def data_received(self, data: bytes) -> None:
+        self.last_heard = self.loop.time()
+        self.pinged = False
+        proto = self.proto
+        if proto is None:
+            proto = self._choose_mode(data)
+        events = proto.receive_data(data)
+        if events:
+            self.handle(events)
+        if self.pause_timer is not None:
+            self.pause_timer.cancel()
+            self.pause_timer = None
+        if type(proto) is TextConnection and proto.has_partial:
+            self.pause_timer = self.loop.call_later(self.server.text_pause, self._text_pause)
+
+    def eof_received(self) -> bool | None:
+        if self.proto is not None:
+            self.handle(self.proto.receive_eof())
+        self.peer_done = True
+        if not self.queue:
+            self.close()
+        return True  # keep our side open until the answers are written
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.server.forget(self)
+        if self.pause_timer is not None:
+            self.pause_timer.cancel()
+        if self.worker is not None:
+            self.worker.cancel()
+        if self.open:
+            log.info("%s: left", self.describe())
+
+    def pause_writing(self) -> None:
+        self._pause("writing")
+
+    def resume_writing(self) -> None:
+        self._resume("writing")
+
+    # -- modes ------------------------------------------------------------------------
+
+    def _choose_mode(self, data: bytes) -> Connection | TextConnection:
+        size = self.server.limits.max_message_size
+        proto: Connection | TextConnection
+        if looks_framed(data):
+            proto = Connection(Role.SERVER, max_message_size=size)
+            self.peer.mode = "framed"
+        else:
+            proto = TextConnection(max_message_size=size)
+            self.peer.mode = "text"
+            self.open = True
+            log.info("%s: joined (text)", self.describe())
+        self.proto = proto
+        return proto
+
+    def _text_pause(self) -> None:
+        self.pause_timer = None
+        if self.proto is not None and type(self.proto) is TextConnection:
+            self.handle(self.proto.flush())
+
+    # -- events -----------------------------------------------------------------------
+
+    def handle(self, events: list[Event]) -> None:
+        """Run the handler on every message, answer each, and write once."""
+        proto = self.proto
+        assert proto is not None
+        server = self.server
+        if server.handler_is_async:
+            self._handle_async(events)
+        else:
+            handler = cast(Callable[[Message, Peer], Reply], server.handler)
+            peer = self.peer
+            ack = proto.send_ack
+            accepted = 0
+            for event in events:
+                if type(event) is Message:
+                    try:
+                        reply = handler(event, peer)
+                    except Exception as exc:
+                        self._handler_failed(proto, event, exc)
+                        continue
+                    ack(event.id, b"" if reply is None else reply)
+                    accepted += 1
+                else:
+                    self._control(event)
+            server.counts["accepted"] += accepted
+        self.flush()
+
+    def _handle_async(self, events: list[Event]) -> None:
+        for event in events:
+            if type(event) is Message:
+                self.queue.append(event)
+            else:
+                self._control(event)
+        if self.queue and self.worker is None:
+            self.worker = asyncio.create_task(self._work())
+        if len(self.queue) > 10_000:
+            self._pause("handler")
+
+    async def _work(self) -> None:
+        """Run an async handler on queued messages, one at a time, in order."""
+        handler = cast(Callable[[Message, Peer], Awaitable[Reply]], self.server.handler)
+        proto = self.proto
+        assert proto is not None
+        try:
+            while self.queue:
+                event = self.queue.popleft()
+                assert type(event) is Message
+                try:
+                    reply = await handler(event, self.peer)
+                except Exception as exc:
+                    self._handler_failed(proto, event, exc)
+                else:
+                    proto.send_ack(event.id, b"" if reply is None else reply)
+                    self.server.counts["accepted"] += 1
+                if not self.queue or len(self.queue) % 64 == 0:
+                    self.flush()
+                if len(self.queue) < 1000:
+                    self._resume("handler")
+        finally:
+            self.worker = None
+        if self.peer_done or (self.server.closing and self.open):
+            self.finish()
+
+    def _handler_failed(
+        self, proto: Connection | TextConnection, event: Message, exc: Exception
+    ) -> None:
+        self.server.counts["rejected"] += 1
+        if isinstance(exc, Reject):
+            proto.send_rejection(event.id, AckStatus.REFUSED, exc.reason)
+        else:
+            log.error("%s: handler failed on message %d", self.describe(), event.id, exc_info=exc)
+            proto.send_rejection(event.id, AckStatus.HANDLER_FAILED, "the server's handler failed")
+
+    def _control(self, event: Event) -> None:
+        proto = self.proto
+        if type(event) is Hello:
+            assert isinstance(proto, Connection)
+            self.peer.name = event.name
+            self.open = True
+            proto.send_welcome(agent=f"telex/{__version__}", limits=self.server.limits.advertised())
+            log.info("%s: joined", self.describe())
+            if self.server.closing:
+                self.begin_goodbye()
+        elif type(event) is MessageTooLarge:
+            self.server.counts["rejected"] += 1
+            who = self.describe()
+            log.warning("%s: message %d too large: %d bytes", who, event.id, event.size)
+        elif type(event) is Goodbye:
+            self.peer_done = True
+            if not self.queue:
+                self.finish()
+        elif type(event) is ProtocolViolation:
+            self.server.counts["violations"] += 1
+            log.warning("%s: protocol violation: %s", self.describe(), event.reason)
+            self.close()
+        elif type(event) is PeerError:
+            log.warning("%s: peer reported error %d: %s", self.describe(), event.code, event.reason)
+            self.close()
+
+    # -- writing and closing ----------------------------------------------------------
+
+    def flush(self) -> None:
+        if self.proto is not None and self.transport is not None:
+            data = self.proto.data_to_send()
+            if data and not self.transport.is_closing():
+                self.transport.write(data)
+
+    def describe(self) -> str:
+        name = self.peer.name
+        return f"{self.peer.address} ({name})" if name else self.peer.address
+
+    def begin_goodbye(self) -> None:
+        """Server shutdown: answer what arrived, then say goodbye."""
+        if not self.open:
+            self.close()
+        elif not self.queue:
+            self.finish()
+
+    def finish(self) -> None:
+        """Everything has been answered: say goodbye; text peers are closed at once."""
+        if self.proto is None:
+            self.close()
+            return
+        reason = "server shutting down" if self.server.closing else "goodbye"
+        self.proto.send_goodbye(reason)
+        self.flush()
+        if self.peer_done or isinstance(self.proto, TextConnection):
+            self.close()
+
+    def fail(self, code: ErrorCode, reason: str) -> None:
+        """Tell the peer why (in its mode), then close."""
+        if self.proto is None:
+            if self.transport is not None and not self.transport.is_closing():
+                self.transport.write(f"error: {reason}\n".encode())
+        else:
+            self.proto.send_error(code, reason)
+            self.flush()
+        log.info("%s: closed: %s", self.describe(), reason)
+        self.close()
+
+    def close(self) -> None:
+        """Write what is queued (an ERROR frame, the last answers), then close."""
+        self.flush()
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+    def check_deadlines(self, now: float) -> None:
+        limits = self.server.limits
+        quiet = now - self.last_heard
+        if not self.open:
+            if now - self.connected > limits.handshake_timeout:
+                self.fail(
+                    ErrorCode.HANDSHAKE_TIMEOUT,
+                    f"no handshake within {limits.handshake_timeout:g} s",
+                )
+        elif quiet > limits.idle_timeout:
+            if "writing" in self.paused_for:  # it stopped reading: nothing more can be sent
+                log.info("%s: closed: not reading its acknowledgments", self.describe())
+                self.abort()
+            else:
+                self.fail(ErrorCode.IDLE_TIMEOUT, f"silent for {limits.idle_timeout:g} s")
+        elif quiet > limits.idle_timeout / 2 and not self.pinged and type(self.proto) is Connection:
+            self.pinged = True
+            self.proto.send_ping()
+            self.flush()
+
+    def _pause(self, why: str) -> None:
+        if not self.paused_for and self.transport is not None:
+            self.transport.pause_reading()
+        self.paused_for.add(why)
+
+    def _resume(self, why: str) -> None:
+        if why in self.paused_for:
+            self.paused_for.discard(why)
+            if not self.paused_for and self.transport is not None:
+                self.transport.resume_reading()
