@@ -312,7 +312,9 @@ class Connection:
             limit = self.max_message_size + 2048 if ftype == FrameType.ACK else CONTROL_FRAME_LIMIT
             if length > limit:
                 self._violation(
-                    events, ErrorCode.FRAME_TOO_LARGE, f"{ftype.name} frame of {length} bytes"
+                    events,
+                    ErrorCode.FRAME_TOO_LARGE,
+                    f"{FrameType(ftype).name} frame of {length} bytes",
                 )
                 return
             if end > n:

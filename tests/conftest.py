@@ -1,0 +1,41 @@
+"""Shared test helpers: one timeout unit, scaled by TELEX_TEST_TIMEOUT on a slow machine."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator
+
+import pytest
+
+from telex import frames
+from telex.events import Event
+from telex.frames import PREAMBLE, FrameType
+from telex.protocol import Connection, Role, State
+from telex.server import Server
+
+TIMEOUT = float(os.environ.get("TELEX_TEST_TIMEOUT", "10"))
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[Server]:
+    async with Server(port=0) as running:
+        yield running
+
+
+HELLO = PREAMBLE + frames.json_frame(FrameType.HELLO, {"version": 1, "name": "raw"})
+
+
+async def read_until_closed(reader: asyncio.StreamReader) -> bytes:
+    """Everything the server sends until it closes the connection."""
+    async with asyncio.timeout(TIMEOUT):
+        return await reader.read(-1)
+
+
+def parse_from_server(data: bytes) -> list[Event]:
+    """What a client would make of the server's bytes (preamble included)."""
+    client = Connection(Role.CLIENT)
+    events = client.receive_data(data)
+    if client.state is State.HANDSHAKE:  # no WELCOME: the server refused before it
+        return events
+    return events
