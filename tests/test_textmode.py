@@ -39,8 +39,8 @@ def test_long_line_is_rejected_and_the_next_one_is_fine() -> None:
     events = conn.receive_data(b"x" * 8)
     events += conn.receive_data(b"y" * 8)
     events += conn.receive_data(b"z" * 8 + b"\nshort\n")
-    assert events == [MessageTooLarge(1, 24), Message(2, "short")]
-    assert conn.data_to_send() == b"rejected 1: line of 24 bytes is over the limit of 10\n"
+    assert events == [MessageTooLarge(1, 24, 10), Message(2, "short")]
+    assert events[0].reason == "message of 24 bytes is over the limit of 10"  # type: ignore[union-attr]
 
 
 def test_answers_are_single_lines() -> None:

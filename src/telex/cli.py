@@ -353,6 +353,7 @@ def send(
       3  cannot connect
       4  connection lost, timed out or broken, with messages unacknowledged
     """
+    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]  # acks as they come
     from_stdin = messages == ("-",) or (not messages and not sys.stdin.isatty())
     if not messages and not from_stdin:
         raise click.UsageError("give a MESSAGE, or '-' to send each line of stdin")
@@ -422,11 +423,13 @@ async def _send(
 
         async def sized() -> AsyncIterator[Body]:
             async for body in source:
-                printer.sizes.append(len(body))
+                printer.sizes.append(len(body.encode() if isinstance(body, str) else body))
                 yield body
 
         try:
             await client.send_many(sized(), window=window, on_ack=printer)
+        except ConnectionClosed as exc:  # count what was read but never acknowledged
+            raise ConnectionClosed(exc.reason, len(printer.sizes)) from exc
         finally:
             sys.stdout.flush()
             await client.close()

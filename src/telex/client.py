@@ -248,20 +248,23 @@ class AsyncClient:
         """
         acks: list[Ack] = []
         in_flight: deque[asyncio.Future[Ack]] = deque()
+
+        def report(future: asyncio.Future[Ack]) -> None:
+            if on_ack is not None and not future.cancelled() and future.exception() is None:
+                on_ack(future.result())
+
         try:
             async for body in _each(bodies):
                 if len(in_flight) >= window:
                     acks.append(await self._wait(in_flight.popleft(), timeout))
-                    if on_ack is not None:
-                        on_ack(acks[-1])
-                in_flight.append(self.send_nowait(body))
+                future = self.send_nowait(body)
+                future.add_done_callback(report)  # as acks arrive, even while input waits
+                in_flight.append(future)
                 protocol = self._protocol
                 if protocol is not None and protocol.can_write is not None:
                     await protocol.can_write
             while in_flight:
                 acks.append(await self._wait(in_flight.popleft(), timeout))
-                if on_ack is not None:
-                    on_ack(acks[-1])
         except BaseException:
             for future in in_flight:  # their failure is reported by the one raised here
                 if future.done() and not future.cancelled():

@@ -98,10 +98,15 @@ class Ack:
 
 @dataclass(frozen=True, slots=True)
 class MessageTooLarge:
-    """A message over the size limit arrived; the core has already queued its rejection."""
+    """A message over the size limit arrived (and was skipped); answer it with a rejection."""
 
     id: int
     size: int
+    limit: int
+
+    @property
+    def reason(self) -> str:
+        return f"message of {self.size} bytes is over the limit of {self.limit}"
 
 
 @dataclass(frozen=True, slots=True)

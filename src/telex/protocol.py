@@ -359,12 +359,7 @@ class Connection:
             )
             return False
         self.last_received_id = msg_id
-        self.send_rejection(
-            msg_id,
-            AckStatus.TOO_LARGE,
-            f"message of {size} bytes is over the limit of {self.max_message_size}",
-        )
-        events.append(MessageTooLarge(msg_id, size))
+        events.append(MessageTooLarge(msg_id, size, self.max_message_size))
         return True
 
     def _control(self, ftype: FrameType, payload: bytes, events: list[Event]) -> bool:

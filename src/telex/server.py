@@ -227,7 +227,7 @@ class _PeerProtocol(asyncio.Protocol):
         self.open = False  # handshake done (framed) or first byte seen (text)
         self.pinged = False
         self.peer_done = False  # the peer said goodbye
-        self.queue: deque[Event] = deque()  # messages waiting for an async handler
+        self.queue: deque[Message | MessageTooLarge] = deque()  # waiting for an async handler
         self.worker: asyncio.Task[None] | None = None
         self.pause_timer: asyncio.TimerHandle | None = None
         self.paused_for: set[str] = set()
@@ -335,7 +335,7 @@ class _PeerProtocol(asyncio.Protocol):
 
     def _handle_async(self, events: list[Event]) -> None:
         for event in events:
-            if type(event) is Message:
+            if type(event) is Message or type(event) is MessageTooLarge:
                 self.queue.append(event)
             else:
                 self._control(event)
@@ -352,6 +352,9 @@ class _PeerProtocol(asyncio.Protocol):
         try:
             while self.queue:
                 event = self.queue.popleft()
+                if type(event) is MessageTooLarge:
+                    self._too_large(proto, event)
+                    continue
                 assert type(event) is Message
                 try:
                     reply = await handler(event, self.peer)
@@ -379,6 +382,12 @@ class _PeerProtocol(asyncio.Protocol):
             log.error("%s: handler failed on message %d", self.describe(), event.id, exc_info=exc)
             proto.send_rejection(event.id, AckStatus.HANDLER_FAILED, "the server's handler failed")
 
+    def _too_large(self, proto: Connection | TextConnection | None, event: MessageTooLarge) -> None:
+        assert proto is not None
+        self.server.counts["rejected"] += 1
+        log.warning("%s: message %d rejected: %s", self.describe(), event.id, event.reason)
+        proto.send_rejection(event.id, AckStatus.TOO_LARGE, event.reason)
+
     def _control(self, event: Event) -> None:
         proto = self.proto
         if type(event) is Hello:
@@ -390,9 +399,7 @@ class _PeerProtocol(asyncio.Protocol):
             if self.server.closing:
                 self.begin_goodbye()
         elif type(event) is MessageTooLarge:
-            self.server.counts["rejected"] += 1
-            who = self.describe()
-            log.warning("%s: message %d too large: %d bytes", who, event.id, event.size)
+            self._too_large(proto, event)
         elif type(event) is Goodbye:
             self.peer_done = True
             if not self.queue:

@@ -90,9 +90,7 @@ class TextConnection:
         self._next_id += 1
         if self._discarding:
             size, self._discarding = self._discarding, 0
-            reason = f"line of {size} bytes is over the limit of {self.max_message_size}"
-            self.send_rejection(msg_id, AckStatus.TOO_LARGE, reason)
-            return MessageTooLarge(msg_id, size)
+            return MessageTooLarge(msg_id, size, self.max_message_size)
         raw = bytes(self._partial)
         self._partial.clear()
         if raw.endswith(b"\r"):

@@ -1,0 +1,314 @@
+"""The telex command, run as a user runs it, against real peers: netcat, socat, sockets."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import IO
+
+import pytest
+
+from .conftest import TIMEOUT
+
+TELEX = [sys.executable, "-m", "telex"]
+
+
+def need(tool: str) -> str:
+    """The path of a real peer; missing is a failure where CI asks for them all."""
+    path = shutil.which(tool)
+    if path is None:
+        if os.environ.get("TELEX_REQUIRE_PEERS"):
+            pytest.fail(f"{tool} is not installed")
+        pytest.skip(f"{tool} is not installed (apt-get install netcat-openbsd socat)")
+    return path
+
+
+def read_line(stream: IO[str], timeout: float = TIMEOUT) -> str:
+    """One line from a child's output, or fail after ``timeout``."""
+    result: list[str] = []
+    reader = threading.Thread(target=lambda: result.append(stream.readline()), daemon=True)
+    reader.start()
+    reader.join(timeout)
+    if not result:
+        pytest.fail("no line from the process in time")
+    return result[0]
+
+
+class Serve:
+    def __init__(self, process: subprocess.Popen[str]) -> None:
+        self.process = process
+        assert process.stdout is not None
+        self.stdout = process.stdout
+        self.port = json.loads(read_line(self.stdout))["port"]
+        self.address = f"127.0.0.1:{self.port}"
+
+    def stop(self) -> tuple[int, str]:
+        self.process.send_signal(signal.SIGTERM)
+        out, _ = self.process.communicate(timeout=TIMEOUT)
+        return self.process.returncode, out
+
+
+@contextmanager
+def serve(*options: str) -> Iterator[Serve]:
+    process = subprocess.Popen(
+        [*TELEX, "serve", "--port", "0", "--json", *options],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        yield Serve(process)
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.communicate(timeout=TIMEOUT)
+
+
+def telex(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*TELEX, *args], input=stdin, capture_output=True, text=True, timeout=TIMEOUT * 3
+    )
+
+
+def records(text: str) -> list[dict[str, object]]:
+    return [json.loads(line) for line in text.splitlines()]
+
+
+def test_send_gets_acknowledgments_and_the_server_prints_them() -> None:
+    with serve() as server:
+        result = telex("send", server.address, "hello", "wörld")
+        assert result.returncode == 0, result.stderr
+        assert result.stdout == "ack 1: received (5 bytes)\nack 2: received (6 bytes)\n"
+        code, out = server.stop()
+    assert code == 0
+    lines = records(out)
+    assert [(r["id"], r.get("text")) for r in lines[:2]] == [(1, "hello"), (2, "wörld")]
+    assert lines[-1]["event"] == "stopped"
+    assert lines[-1]["accepted"] == 2
+
+
+def test_stdin_lines_are_pipelined_and_all_acknowledged() -> None:
+    lines = "".join(f"{i}\n" for i in range(1, 10001))
+    with serve("--quiet") as server:
+        result = telex("send", server.address, "-", stdin=lines)
+        assert result.returncode == 0, result.stderr
+        acks = result.stdout.splitlines()
+        assert len(acks) == 10000
+        assert acks[-1] == "ack 10000: received (5 bytes)"
+        _, out = server.stop()
+    assert records(out)[-1]["accepted"] == 10000
+
+
+def test_a_pipe_with_no_message_reads_stdin_and_json_output() -> None:
+    with serve("--quiet") as server:
+        result = telex("send", server.address, "--json", stdin="one\ntwo\n")
+    assert result.returncode == 0, result.stderr
+    assert records(result.stdout) == [
+        {"id": 1, "status": "ok", "reply": "received", "bytes": 3},
+        {"id": 2, "status": "ok", "reply": "received", "bytes": 3},
+    ]
+
+
+def test_rejected_messages_exit_1() -> None:
+    with serve("--quiet", "--max-message-size", "8") as server:
+        result = telex("send", server.address, "short", "much too long for it", "ok")
+    assert result.returncode == 1
+    assert result.stdout.splitlines() == [
+        "ack 1: received (5 bytes)",
+        "rejected 2: message of 20 bytes is over the limit of 8",
+        "ack 3: received (2 bytes)",
+    ]
+
+
+def one_clear_line(result: subprocess.CompletedProcess[str], code: int, text: str) -> None:
+    assert result.returncode == code, result
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert text in result.stderr
+
+
+def closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def test_a_closed_port_or_a_mistyped_host_is_one_line_and_exit_3() -> None:
+    one_clear_line(telex("send", f"127.0.0.1:{closed_port()}", "hi"), 3, "connection refused")
+    one_clear_line(telex("send", "no-such-host.invalid:7777", "hi"), 3, "cannot resolve host")
+
+
+def test_usage_errors_exit_2() -> None:
+    assert telex("send", "127.0.0.1:notaport", "hi").returncode == 2
+    assert telex("send", "127.0.0.1:99999", "hi").returncode == 2
+    assert telex("frobnicate").returncode == 2
+
+
+def test_connection_lost_with_messages_unacknowledged_exits_4() -> None:
+    with serve("--quiet") as server:
+        sender = subprocess.Popen(
+            [*TELEX, "send", server.address, "-"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert sender.stdin is not None and sender.stdout is not None
+        sender.stdin.write("first\n")
+        sender.stdin.flush()
+        assert read_line(sender.stdout).startswith("ack 1:")
+        server.process.kill()
+        server.process.wait(timeout=TIMEOUT)
+        sender.stdin.write("second\n")
+        sender.stdin.flush()
+        _, err = sender.communicate(timeout=TIMEOUT)
+    assert sender.returncode == 4
+    assert "Traceback" not in err
+    assert "unacknowledged" in err
+
+
+def test_serve_stops_cleanly_on_sigterm_and_sigint() -> None:
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        with serve() as server:
+            server.process.send_signal(signum)
+            out, err = server.process.communicate(timeout=TIMEOUT)
+            assert server.process.returncode == 0, err
+            assert records(out)[-1]["event"] == "stopped"
+
+
+def test_serve_on_a_busy_port_is_one_line_and_exit_3() -> None:
+    with serve() as server:
+        result = telex("serve", "--port", str(server.port))
+    one_clear_line(result, 3, "cannot listen")
+
+
+def test_demo_runs_and_exits_0() -> None:
+    result = telex("demo")
+    assert result.returncode == 0, result.stderr
+    assert "ack 3:" in result.stdout
+
+
+def test_help_and_version() -> None:
+    result = telex("--help")
+    assert result.returncode == 0
+    for command in ("serve", "send", "demo"):
+        assert command in result.stdout
+    assert telex("--version").stdout.startswith("telex, version")
+
+
+# -- plain-text peers -----------------------------------------------------------------------
+
+
+def test_netcat_gets_an_answer_line_for_each_line() -> None:
+    nc = need("nc")
+    with serve() as server:
+        result = subprocess.run(
+            [nc, "-N", "127.0.0.1", str(server.port)],
+            input="hello\nsecond line\n",
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT,
+        )
+        assert result.stdout == "ack 1: received\nack 2: received\n"
+        _, out = server.stop()
+    texts = [r.get("text") for r in records(out) if r["event"] == "message"]
+    assert texts == ["hello", "second line"]
+
+
+def test_socat_gets_answers() -> None:
+    socat = need("socat")
+    with serve("--quiet") as server:
+        result = subprocess.run(
+            [socat, "-t", str(TIMEOUT), "-", f"TCP:127.0.0.1:{server.port}"],
+            input="from socat\n",
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT * 2,
+        )
+    assert result.stdout == "ack 1: received\n"
+
+
+def test_the_classic_blocking_socket_script_gets_its_answer() -> None:
+    with serve("--quiet") as server, socket.create_connection(("127.0.0.1", server.port)) as sock:
+        sock.settimeout(TIMEOUT)
+        sock.sendall(b"hello server")  # no newline: the pause makes it a message
+        assert sock.recv(1024) == b"ack 1: received\n"
+        sock.sendall(b"and a line\n")
+        assert sock.recv(1024) == b"ack 2: received\n"
+
+
+@contextmanager
+def classic_server(answer: bytes | None) -> Iterator[int]:
+    """The classic first socket server: recv, then send an answer (or nothing)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(TIMEOUT)
+    port = listener.getsockname()[1]
+
+    def run() -> None:
+        with listener, listener.accept()[0] as conn:
+            conn.settimeout(TIMEOUT)
+            while data := conn.recv(1024):
+                if answer is not None:
+                    conn.sendall(answer + b" " + data.strip())
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    yield port
+    thread.join(TIMEOUT)
+
+
+def test_send_text_to_a_plain_blocking_server() -> None:
+    with classic_server(b"received:") as port:
+        result = telex("send", "--text", f"127.0.0.1:{port}", "one", "two")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "answer 1: received: one\nanswer 2: received: two\n"
+
+
+def test_send_text_with_no_answer_times_out() -> None:
+    with classic_server(None) as port:
+        result = telex("send", "--text", "--timeout", "0.5", f"127.0.0.1:{port}", "hello?")
+    one_clear_line(result, 4, "no answer")
+
+
+def wait_listening(port: int) -> None:
+    """Wait until something listens on ``port``, without connecting (nc -l accepts once)."""
+    deadline = time.monotonic() + TIMEOUT
+    wanted = f":{port:04X} "
+    while time.monotonic() < deadline:
+        with open("/proc/net/tcp") as table:
+            if any(wanted in line and line.split()[3] == "0A" for line in table):
+                return
+        time.sleep(0.01)
+    pytest.fail(f"nothing listens on {port}")
+
+
+def test_send_text_to_netcat_listening() -> None:
+    nc = need("nc")
+    port = closed_port()
+    listener = subprocess.Popen(
+        [nc, "-l", "127.0.0.1", str(port)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert listener.stdin is not None
+    try:
+        listener.stdin.write("pong\n")  # what the person at nc -l types back
+        listener.stdin.flush()
+        wait_listening(port)
+        result = telex("send", "--text", f"127.0.0.1:{port}", "ping")
+    finally:
+        listener.kill()
+        heard, _ = listener.communicate(timeout=TIMEOUT)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "answer 1: pong\n"
+    assert heard == "ping\n"
