@@ -49,6 +49,7 @@ DEFAULT_MAX_MESSAGE_SIZE = 1024 * 1024
 
 _unpack_header = frames.HEADER.unpack_from
 _unpack_id_flags = Struct(">QB").unpack_from
+_unpack_message_head = frames.MESSAGE_HEAD.unpack_from
 _unpack_ack = Struct(">QBBH").unpack_from
 _unpack_u16 = Struct(">H").unpack_from
 _unpack_u64 = Struct(">Q").unpack_from
@@ -256,39 +257,35 @@ class Connection:
         max_message_frame = self.max_message_size + MESSAGE_FIXED
         append = events.append
         last_id = self.last_received_id
+        accepting = self._accepting
+        unpack_message_head = _unpack_message_head
+        new, set_id, set_body, message_class = _new, _set_message_id, _set_message_body, Message
         while True:
+            # The fast path, taken by nearly every frame: a whole, in-limit MESSAGE with
+            # an increasing id on an open connection. Anything else takes the path below.
+            if accepting and n - pos >= 14:
+                length, ftype, msg_id, flags = unpack_message_head(data, pos)
+                end = pos + 4 + length
+                if (
+                    ftype == _MESSAGE
+                    and end <= n
+                    and MESSAGE_FIXED <= length <= max_message_frame
+                    and msg_id > last_id
+                    and not flags & FLAG_TEXT
+                ):
+                    message = new(message_class)
+                    set_id(message, msg_id)
+                    set_body(message, data[pos + 14 : end])
+                    append(message)
+                    last_id = msg_id
+                    pos = end
+                    continue
             avail = n - pos
             if avail < 5:
                 self._need = 5
                 break
             length, ftype = _unpack_header(data, pos)
             end = pos + 4 + length
-            if ftype == _MESSAGE and MESSAGE_FIXED <= length <= max_message_frame:
-                if end > n:
-                    self._need = 4 + length
-                    break
-                if self._accepting:
-                    msg_id, flags = _unpack_id_flags(data, pos + 5)
-                    if msg_id <= last_id:
-                        self._violation(
-                            events, ErrorCode.ID_NOT_INCREASING, f"message id {msg_id} repeated"
-                        )
-                        break
-                    last_id = msg_id
-                    body: Body = data[pos + 14 : end]
-                    if flags & FLAG_TEXT:
-                        try:
-                            body = data[pos + 14 : end].decode()
-                        except UnicodeDecodeError:
-                            self._violation(events, ErrorCode.INVALID_UTF8, "text not UTF-8")
-                            break
-                    message = _new(Message)
-                    _set_message_id(message, msg_id)
-                    _set_message_body(message, body)
-                    append(message)
-                    pos = end
-                    continue
-            # Everything but an acceptable, in-limit MESSAGE: the slower, careful path.
             self.last_received_id = last_id
             if not self._frame_allowed(ftype, events):
                 return
@@ -296,6 +293,17 @@ class Connection:
                 if length < MESSAGE_FIXED:
                     self._violation(events, ErrorCode.MALFORMED_FRAME, "MESSAGE frame too short")
                     return
+                if length <= max_message_frame:
+                    if end > n:
+                        self._need = 4 + length
+                        break
+                    message_or_none = self._checked_message(data, pos, end, events)
+                    if message_or_none is None:
+                        return
+                    append(message_or_none)
+                    last_id = self.last_received_id
+                    pos = end
+                    continue
                 if avail < 14:  # over the size limit: read its id, then skip its body
                     self._need = 14
                     break
@@ -326,6 +334,24 @@ class Connection:
         self.last_received_id = last_id
         if pos < n and self.state is not State.CLOSED:
             self._pending = bytearray(data[pos:])
+
+    def _checked_message(
+        self, data: bytes, pos: int, end: int, events: list[Event]
+    ) -> Message | None:
+        """A whole MESSAGE the fast path passed over: a text body, or a broken one."""
+        msg_id, flags = _unpack_id_flags(data, pos + 5)
+        if msg_id <= self.last_received_id:
+            self._violation(events, ErrorCode.ID_NOT_INCREASING, f"message id {msg_id} repeated")
+            return None
+        body: Body = data[pos + 14 : end]
+        if flags & FLAG_TEXT:
+            try:
+                body = data[pos + 14 : end].decode()
+            except UnicodeDecodeError:
+                self._violation(events, ErrorCode.INVALID_UTF8, "message text not UTF-8")
+                return None
+        self.last_received_id = msg_id
+        return Message(msg_id, body)
 
     def _frame_allowed(self, ftype: int, events: list[Event]) -> bool:
         try:
