@@ -312,3 +312,33 @@ def test_send_text_to_netcat_listening() -> None:
     assert result.returncode == 0, result.stderr
     assert result.stdout == "answer 1: pong\n"
     assert heard == "ping\n"
+
+
+def test_a_progress_bar_on_a_terminal_for_long_input() -> None:
+    import pty
+
+    with serve("--quiet") as server:
+        controller, terminal = pty.openpty()
+        sender = subprocess.Popen(
+            [*TELEX, "send", server.address, "-"],
+            stdin=subprocess.PIPE,
+            stdout=terminal,
+            stderr=terminal,
+        )
+        os.close(terminal)
+        assert sender.stdin is not None
+        sender.stdin.write(b"".join(b"%d\n" % i for i in range(50_000)))
+        sender.stdin.close()
+        shown = b""
+        while True:
+            try:
+                chunk = os.read(controller, 65536)
+            except OSError:  # the terminal closes when the sender exits
+                break
+            if not chunk:
+                break
+            shown += chunk
+        assert sender.wait(timeout=TIMEOUT) == 0
+        os.close(controller)
+    assert b"acknowledged" in shown and b"\x1b[" in shown  # a live, redrawn line
+    assert shown.rstrip().endswith(b"50000 messages acknowledged, 0 rejected")

@@ -336,3 +336,29 @@ def test_frame_types_are_documented() -> None:
         assert f"0x{frame_type.value:02x}" in doc
     for code in ErrorCode:
         assert f"| {code.value} |" in doc
+
+
+async def test_text_peer_answers_keep_order_around_a_long_line() -> None:
+    async with Server(port=0, limits=telex.Limits(max_message_size=10)) as server:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(b"short\n" + b"y" * 50 + b"\nafter\n")
+        writer.write_eof()
+        answer = await read_until_closed(reader)
+        writer.close()
+    assert answer == (
+        b"ack 1: received\n"
+        b"rejected 2: message of 50 bytes is over the limit of 10\n"
+        b"ack 3: received\n"
+    )
+
+
+async def test_text_peer_hears_goodbye_on_shutdown() -> None:
+    server = Server(port=0)
+    await server.start()
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    writer.write(b"hello\n")
+    async with asyncio.timeout(TIMEOUT):
+        assert await reader.readline() == b"ack 1: received\n"
+        await server.close()
+    assert await read_until_closed(reader) == b"bye: server shutting down\n"
+    writer.close()
