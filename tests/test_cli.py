@@ -342,3 +342,23 @@ def test_a_progress_bar_on_a_terminal_for_long_input() -> None:
         os.close(controller)
     assert b"acknowledged" in shown and b"\x1b[" in shown  # a live, redrawn line
     assert shown.rstrip().endswith(b"50000 messages acknowledged, 0 rejected")
+
+
+def test_a_reader_that_goes_away_stops_the_printing_not_the_sending() -> None:
+    with serve("--quiet") as server:
+        sender = subprocess.Popen(
+            [*TELEX, "send", server.address, "-"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        assert sender.stdin is not None and sender.stdout is not None
+        sender.stdin.write(b"".join(b"%d\n" % i for i in range(20_000)))
+        sender.stdin.close()
+        assert sender.stdout.readline() == b"ack 1: received (1 bytes)\n"
+        sender.stdout.close()  # like `| head -1`
+        err = sender.stderr.read() if sender.stderr else b""
+        assert sender.wait(timeout=TIMEOUT) == 0
+        _, out = server.stop()
+    assert err == b""
+    assert records(out)[-1]["accepted"] == 20_000

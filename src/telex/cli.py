@@ -285,17 +285,23 @@ class AckPrinter:
             self.rejected += 1
         elif not self.each:
             return
+        try:
+            self.out.write(self.line(ack, size))
+        except BrokenPipeError:  # the reader went away (| head): keep sending, stop printing
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            self.each = False
+
+    def line(self, ack: Ack, size: int) -> str:
         if self.as_json:
             record: dict[str, Any] = {"id": ack.id, "status": "ok" if ack.ok else "rejected"}
             if ack.ok:
                 record.update(body_fields(ack.reply, "reply"), bytes=size)
             else:
                 record.update(code=ack.status, reason=ack.reason)
-            self.out.write(json.dumps(record) + "\n")
-        elif ack.ok:
-            self.out.write(f"ack {ack.id}: {printable(ack.reply)} ({size} bytes)\n")
-        else:
-            self.out.write(styled(f"rejected {ack.id}: {ack.reason}", self.out, fg="red") + "\n")
+            return json.dumps(record) + "\n"
+        if ack.ok:
+            return f"ack {ack.id}: {printable(ack.reply)} ({size} bytes)\n"
+        return styled(f"rejected {ack.id}: {ack.reason}", self.out, fg="red") + "\n"
 
 
 @main.command()
