@@ -357,8 +357,10 @@ def test_a_reader_that_goes_away_stops_the_printing_not_the_sending() -> None:
         sender.stdin.close()
         assert sender.stdout.readline() == b"ack 1: received (1 bytes)\n"
         sender.stdout.close()  # like `| head -1`
-        err = sender.stderr.read() if sender.stderr else b""
         assert sender.wait(timeout=TIMEOUT) == 0
+        assert sender.stderr is not None
+        with sender.stderr:
+            err = sender.stderr.read()
         _, out = server.stop()
     assert err == b""
     assert records(out)[-1]["accepted"] == 20_000
