@@ -277,7 +277,7 @@ def test_oversized_message_is_rejected_and_skipped() -> None:
     events: list[object] = []
     for i in range(0, len(big), 64):  # its body arrives in pieces and is never kept
         events += server.receive_data(big[i : i + 64])
-        assert len(server._pending) <= 14
+        assert server.buffered <= 14
     events += server.receive_data(after)
     assert events == [MessageTooLarge(1, 1000, 100), Message(2, b"fine")]
     assert events[0].reason == "message of 1000 bytes is over the limit of 100"  # type: ignore[attr-defined]
@@ -336,7 +336,7 @@ def test_random_input_gives_events_or_a_violation(chunks: list[bytes], with_prea
     for chunk in chunks:
         events += server.receive_data(chunk)
         # Memory stays bounded: never more than one frame of the largest allowed size.
-        assert len(server._pending) <= 1000 + frames.CONTROL_FRAME_LIMIT
+        assert server.buffered <= 1000 + frames.CONTROL_FRAME_LIMIT
     events += server.receive_eof()
     for index, event in enumerate(events):
         if isinstance(event, ProtocolViolation):

@@ -118,7 +118,8 @@ class Connection:
         self.last_received_id = 0
         self._next_id = 1
         self._out: list[bytes] = []
-        self._pending = bytearray()
+        self._pending: list[bytes] = []  # an incomplete frame, in the pieces it came in
+        self.buffered = 0  # bytes in _pending
         self._need = len(PREAMBLE)
         self._skip = 0
         self._accepting = False  # may a MESSAGE arrive now?
@@ -220,18 +221,21 @@ class Connection:
                 return []
             data = data[self._skip :]
             self._skip = 0
-        if self._pending:
-            self._pending += data
-            if len(self._pending) < self._need:
+        if self._pending:  # joined once the frame is whole: no copy per piece
+            self._pending.append(data)
+            self.buffered += len(data)
+            if self.buffered < self._need:
                 return []
-            data = bytes(self._pending)
-            self._pending = bytearray()
+            data = b"".join(self._pending)
+            self._pending = []
+            self.buffered = 0
         events: list[Event] = []
         if self.state is State.PREAMBLE:
             if len(data) < len(PREAMBLE):
                 if not PREAMBLE.startswith(data):
                     return self._violation(events, ErrorCode.BAD_PREAMBLE, "not a telex peer")
-                self._pending += data
+                self._pending = [data]
+                self.buffered = len(data)
                 return events
             if not data.startswith(PREAMBLE):
                 return self._violation(events, ErrorCode.BAD_PREAMBLE, "not a telex peer")
@@ -333,7 +337,8 @@ class Connection:
             pos = end
         self.last_received_id = last_id
         if pos < n and self.state is not State.CLOSED:
-            self._pending = bytearray(data[pos:])
+            self._pending = [data[pos:]]
+            self.buffered = n - pos
 
     def _checked_message(
         self, data: bytes, pos: int, end: int, events: list[Event]
@@ -485,7 +490,8 @@ class Connection:
     def _close(self) -> None:
         self.state = State.CLOSED
         self._accepting = False
-        self._pending = bytearray()
+        self._pending = []
+        self.buffered = 0
         self._skip = 0
 
 
