@@ -350,3 +350,73 @@ def test_random_frames_after_handshake(junk: bytes) -> None:
     server.receive_data(junk)
     server.receive_eof()
     server.data_to_send()
+
+
+# -- names and routed messages --------------------------------------------------------------
+
+
+def test_routed_messages_carry_the_recipient_then_the_sender() -> None:
+    client, server = handshake()
+    client.send_message("for bob", name="bob")
+    assert server.receive_data(client.data_to_send()) == [Message(1, "for bob", to="bob")]
+    server.send_message("from alice", name="alice")
+    assert client.receive_data(server.data_to_send()) == [Message(1, "from alice", sender="alice")]
+
+
+def test_routed_split_anywhere() -> None:
+    client = Connection(Role.CLIENT)
+    client.initiate()
+    client.send_message(b"\x00bin", name="bob")
+    client.send_message("text", name="carol")
+    data = client.data_to_send()
+    expected = [
+        Hello(1, None, ""),
+        Message(1, b"\x00bin", to="bob"),
+        Message(2, "text", to="carol"),
+    ]
+    for cut in range(len(data) + 1):
+        assert feed([data[:cut], data[cut:]]) == expected
+
+
+@pytest.mark.parametrize(
+    ("payload", "code"),
+    [
+        (struct.pack(">QBB", 1, 0, 200) + b"bob", ErrorCode.MALFORMED_FRAME),
+        (struct.pack(">QBB", 1, 0, 3) + b"b b", ErrorCode.INVALID_NAME),
+        (struct.pack(">QBB", 1, 0, 2) + b"\xff\xfe", ErrorCode.INVALID_UTF8),
+        (struct.pack(">QBB", 1, 1, 3) + b"bob\xff", ErrorCode.INVALID_UTF8),
+        (struct.pack(">QB", 1, 0), ErrorCode.MALFORMED_FRAME),
+    ],
+)
+def test_bad_routed_frames(payload: bytes, code: ErrorCode) -> None:
+    server = opened_server()
+    events = server.receive_data(frames.HEADER.pack(1 + len(payload), FrameType.ROUTED) + payload)
+    assert violation(events).code == code
+
+
+def test_oversized_routed_message_is_rejected() -> None:
+    server = opened_server(max_message_size=10)
+    big = frames.routed(1, b"bob", b"x" * 100, 0)
+    events = server.receive_data(big + frames.message(2, b"ok", 0))
+    assert [type(e) for e in events] == [MessageTooLarge, Message]
+
+
+def test_names_are_checked_in_hello() -> None:
+    for name, good in [("alice", True), ("a.b-c_d9", True), ("Ünïcode", True), ("", False),
+                       ("two words", False), ("@bob", False), ("x" * 33, False)]:  # fmt: skip
+        server = Connection(Role.SERVER)
+        hello = frames.json_frame(FrameType.HELLO, {"version": 1, "name": name})
+        events = server.receive_data(PREAMBLE + hello)
+        if good:
+            assert events == [Hello(1, name, "")]
+        else:
+            assert violation(events).code == ErrorCode.INVALID_NAME
+
+
+def test_welcome_carries_the_name() -> None:
+    client = Connection(Role.CLIENT)
+    server = Connection(Role.SERVER)
+    client.initiate()
+    server.receive_data(client.data_to_send())
+    server.send_welcome(name="guest-1")
+    assert client.receive_data(server.data_to_send()) == [Welcome(1, "", {}, "guest-1")]

@@ -42,6 +42,7 @@ class FrameType(IntEnum):
     WELCOME = 0x02
     MESSAGE = 0x10
     ACK = 0x11
+    ROUTED = 0x12
     PING = 0x20
     PONG = 0x21
     ERROR = 0x30
@@ -61,6 +62,15 @@ def encode_body(body: bytes | str) -> tuple[bytes, int]:
 
 def message(msg_id: int, body: bytes, flags: int) -> bytes:
     return MESSAGE_HEAD.pack(MESSAGE_FIXED + len(body), FrameType.MESSAGE, msg_id, flags) + body
+
+
+ROUTED_HEAD = Struct(">IBQBB")  # length, type, id, flags, name length
+ROUTED_FIXED = ROUTED_HEAD.size - 4  # type + id + flags + name length = 11
+
+
+def routed(msg_id: int, name: bytes, body: bytes, flags: int) -> bytes:
+    length = ROUTED_FIXED + len(name) + len(body)
+    return ROUTED_HEAD.pack(length, FrameType.ROUTED, msg_id, flags, len(name)) + name + body
 
 
 def ack(msg_id: int, status: int, reason: bytes, reply: bytes, flags: int) -> bytes:
