@@ -369,7 +369,7 @@ class Connection:
 
     def _checked_message(
         self, ftype: int, data: bytes, pos: int, end: int, events: list[Event]
-    ) -> Message | None:
+    ) -> Message | MessageTooLarge | None:
         """A whole MESSAGE or ROUTED frame the fast path passed over, checked field by field."""
         msg_id, flags = _unpack_id_flags(data, pos + 5)
         if msg_id <= self.last_received_id:
@@ -385,6 +385,9 @@ class Connection:
                     return None
                 name = data[start + 1 : name_end].decode()
                 start = name_end
+                if end - start > self.max_message_size:
+                    self.last_received_id = msg_id
+                    return MessageTooLarge(msg_id, end - start, self.max_message_size)
                 if not valid_name(name):
                     self._violation(events, ErrorCode.INVALID_NAME, f"invalid name {name!r}")
                     return None
