@@ -27,8 +27,9 @@ from .exceptions import (
     TelexError,
     TelexTimeout,
 )
+from .handlers import Reject
 from .limits import Limits
-from .server import DEFAULT_PORT, Peer, Reject, Server
+from .server import DEFAULT_PORT, Peer, PeerEvent, Server
 from .sync import Client
 
 __all__ = [
@@ -44,6 +45,7 @@ __all__ = [
     "Message",
     "MessageRejected",
     "Peer",
+    "PeerEvent",
     "ProtocolError",
     "Reject",
     "Server",

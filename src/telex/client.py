@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import socket
 from collections import deque
 from collections.abc import (
@@ -33,11 +34,19 @@ from .exceptions import (
     TelexError,
     TelexTimeout,
 )
+from .handlers import Reject, is_async, rejection_for
 from .protocol import DEFAULT_MAX_MESSAGE_SIZE, Connection, Role
 
 __all__ = ["AsyncClient", "connect", "connect_errors"]
 
 DEFAULT_WINDOW = 1000
+INBOX_HIGH = 10_000  # messages waiting for the application before the client stops reading
+INBOX_LOW = 1_000
+
+log = logging.getLogger("telex.client")
+
+Reply = Body | None
+ClientHandler = Callable[[Message], Reply] | Callable[[Message], Awaitable[Reply]]
 
 
 @contextlib.contextmanager
@@ -59,9 +68,13 @@ def connect_errors(host: str, port: int, timeout: float) -> Iterator[None]:
 class _ClientProtocol(asyncio.Protocol):
     """Feeds the core and settles the future of each acknowledged message."""
 
-    def __init__(self, conn: Connection, name: str | None) -> None:
+    def __init__(
+        self, conn: Connection, name: str | None, on_message: Callable[[Message], None]
+    ) -> None:
         self.conn = conn
         self.name = name
+        self.on_message = on_message
+        self.refusal: PeerError | None = None  # an ERROR from the server during the handshake
         self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
         self.welcome: asyncio.Future[Welcome] = self.loop.create_future()
@@ -88,7 +101,7 @@ class _ClientProtocol(asyncio.Protocol):
                 if future is not None and not future.done():
                     future.set_result(event)
             elif type(event) is Message:
-                self.conn.send_ack(event.id)  # the server's messages come with the next issue
+                self.on_message(event)
             elif type(event) is Welcome:
                 if not self.welcome.done():
                     self.welcome.set_result(event)
@@ -96,6 +109,8 @@ class _ClientProtocol(asyncio.Protocol):
                 self.server_goodbye = True
             elif type(event) is ProtocolViolation or type(event) is PeerError:
                 self.failure = ProtocolError(event.code, event.reason)
+                if type(event) is PeerError and not self.welcome.done():
+                    self.refusal = event
         self.flush()
         if self.failure is not None or (self.server_goodbye and not pending):
             self.close()
@@ -154,10 +169,16 @@ class AsyncClient:
         timeout: float = 30.0,
         connect_timeout: float = 10.0,
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        handler: ClientHandler | None = None,
     ) -> None:
         self.host = host
         self.port = port
         self.name = name
+        self.handler = handler
+        self._handler_is_async = handler is not None and is_async(handler)
+        self._inbox: asyncio.Queue[Message | None] = asyncio.Queue()
+        self._work: deque[Message] = deque()  # for an async handler, in order
+        self._worker: asyncio.Task[None] | None = None
         self.timeout = timeout
         self.connect_timeout = connect_timeout
         self.server_limits: dict[str, Any] = {}
@@ -176,7 +197,9 @@ class AsyncClient:
         with connect_errors(self.host, self.port, self.connect_timeout):
             async with asyncio.timeout(self.connect_timeout):
                 _, protocol = await loop.create_connection(
-                    lambda: _ClientProtocol(self._conn, self.name), self.host, self.port
+                    lambda: _ClientProtocol(self._conn, self.name, self._on_message),
+                    self.host,
+                    self.port,
                 )
         self._protocol = protocol
         try:
@@ -189,6 +212,8 @@ class AsyncClient:
                 "(for a plain line-based server, use --text)"
             ) from exc
         except ProtocolError as exc:
+            if protocol.refusal is not None:
+                raise ConnectError(f"{where} refused: {protocol.refusal.reason}") from exc
             answer = protocol.first_bytes
             raise ConnectError(
                 f"{where} is not a telex server (it answered {answer!r})"
@@ -202,7 +227,96 @@ class AsyncClient:
             ) from exc
         self.server_limits = welcome.limits
         self.server_agent = welcome.agent
+        self.name = welcome.name or self.name
+        protocol.closed.add_done_callback(lambda _: self._inbox.put_nowait(None))
         return self
+
+    # -- receiving --------------------------------------------------------------------
+
+    def _on_message(self, message: Message) -> None:
+        """Answer a message from the server: through the handler, or into the inbox."""
+        handler = self.handler
+        if handler is None:
+            self._inbox.put_nowait(message)
+            self._conn.send_ack(message.id)  # received: it waits in this process's inbox
+            if self._inbox.qsize() > INBOX_HIGH:
+                self._pause()
+        elif self._handler_is_async:
+            self._work.append(message)
+            if self._worker is None:
+                self._worker = asyncio.create_task(self._run_async_handler())
+            if len(self._work) > INBOX_HIGH:
+                self._pause()
+        else:
+            self._answer(message, cast(Callable[[Message], Reply], handler))
+
+    def _answer(self, message: Message, handler: Callable[[Message], Reply]) -> None:
+        try:
+            reply = handler(message)
+        except Exception as exc:
+            if not isinstance(exc, Reject):
+                log.error("handler failed on message %d", message.id, exc_info=exc)
+            self._conn.send_rejection(message.id, *rejection_for(exc))
+        else:
+            self._conn.send_ack(message.id, b"" if reply is None else reply)
+
+    async def _run_async_handler(self) -> None:
+        handler = cast(Callable[[Message], Awaitable[Reply]], self.handler)
+        try:
+            while self._work:
+                message = self._work.popleft()
+                try:
+                    reply = await handler(message)
+                except Exception as exc:
+                    if not isinstance(exc, Reject):
+                        log.error("handler failed on message %d", message.id, exc_info=exc)
+                    self._conn.send_rejection(message.id, *rejection_for(exc))
+                else:
+                    self._conn.send_ack(message.id, b"" if reply is None else reply)
+                if self._protocol is not None:
+                    self._protocol.schedule_flush()
+                if len(self._work) < INBOX_LOW:
+                    self._resume()
+        finally:
+            self._worker = None
+
+    def _pause(self) -> None:
+        if self._protocol is not None and self._protocol.transport is not None:
+            self._protocol.transport.pause_reading()
+
+    def _resume(self) -> None:
+        transport = None if self._protocol is None else self._protocol.transport
+        if transport is not None and not transport.is_closing() and not transport.is_reading():
+            transport.resume_reading()
+
+    async def receive(self, *, timeout: float | None = None) -> Message:
+        """The next message from the server (or, through it, from another client).
+
+        Raises ``ConnectionClosed`` once the connection has ended and the inbox is empty.
+        """
+        if self.handler is not None:
+            raise RuntimeError("this client has a handler: messages go to it, not to receive()")
+        try:
+            async with asyncio.timeout(timeout):
+                message = await self._inbox.get()
+        except TimeoutError as exc:
+            raise TelexTimeout(f"no message within {timeout:g} s") from exc
+        if message is None:
+            self._inbox.put_nowait(None)  # every later call ends the same way
+            raise ConnectionClosed("the connection is closed")
+        if self._inbox.qsize() < INBOX_LOW:
+            self._resume()
+        return message
+
+    def __aiter__(self) -> AsyncIterator[Message]:
+        return self._messages()
+
+    async def _messages(self) -> AsyncIterator[Message]:
+        while True:
+            try:
+                yield await self.receive()
+            except ConnectionClosed:
+                return
 
     # -- sending ----------------------------------------------------------------------
 
@@ -216,18 +330,29 @@ class AsyncClient:
             raise ConnectionClosed("the server is shutting down", len(protocol.pending))
         return protocol
 
-    def send_nowait(self, body: Body) -> asyncio.Future[Ack]:
-        """Queue a message and return a future of its acknowledgment (rejections included)."""
+    @property
+    def next_id(self) -> int:
+        """The id the next message sent will have."""
+        return self._conn.next_id
+
+    def send_nowait(self, body: Body, *, to: str | None = None) -> asyncio.Future[Ack]:
+        """Queue a message and return a future of its acknowledgment (rejections included).
+
+        ``to`` names another client: the server forwards the message, and the ack is that
+        client's own (or a rejection saying why it was not delivered).
+        """
         protocol = self._live()
-        msg_id = self._conn.send_message(body)
+        msg_id = self._conn.send_message(body, name=to)
         future: asyncio.Future[Ack] = protocol.loop.create_future()
         protocol.pending[msg_id] = future
         protocol.schedule_flush()
         return future
 
-    async def send(self, body: Body, *, timeout: float | None = None) -> Ack:
+    async def send(
+        self, body: Body, *, to: str | None = None, timeout: float | None = None
+    ) -> Ack:
         """Send one message and return its acknowledgment; raise if it was rejected."""
-        ack = await self._wait(self.send_nowait(body), timeout)
+        ack = await self._wait(self.send_nowait(body, to=to), timeout)
         if not ack.ok:
             raise MessageRejected(ack)
         return ack
@@ -239,6 +364,7 @@ class AsyncClient:
         window: int = DEFAULT_WINDOW,
         timeout: float | None = None,
         on_ack: Callable[[Ack], object] | None = None,
+        to: str | None = None,
     ) -> list[Ack]:
         """Send every body with up to ``window`` in flight; return all acks in order.
 
@@ -257,7 +383,7 @@ class AsyncClient:
             async for body in _each(bodies):
                 if len(in_flight) >= window:
                     acks.append(await self._wait(in_flight.popleft(), timeout))
-                future = self.send_nowait(body)
+                future = self.send_nowait(body, to=to)
                 future.add_done_callback(report)  # as acks arrive, even while input waits
                 in_flight.append(future)
                 protocol = self._protocol

@@ -208,7 +208,7 @@ class Connection:
         self._ack_length = ACK_FIXED + len(self._payload)
         self._reply = reply
 
-    def send_rejection(self, msg_id: int, status: AckStatus, reason: str) -> None:
+    def send_rejection(self, msg_id: int, status: int, reason: str) -> None:
         """Queue a rejection of ``msg_id``: a nonzero status and a human-readable reason."""
         if status == AckStatus.OK:
             raise ValueError("a rejection needs a nonzero status")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import logging
 import time
 from collections import deque
@@ -20,6 +19,7 @@ from typing import Any, cast
 
 from ._version import __version__
 from .events import (
+    Ack,
     AckStatus,
     Body,
     ErrorCode,
@@ -31,11 +31,21 @@ from .events import (
     PeerError,
     ProtocolViolation,
 )
+from .exceptions import MessageRejected, TelexTimeout
+from .handlers import Reject, is_async, rejection_for
 from .limits import Limits
 from .protocol import Connection, Role, looks_framed
 from .textmode import TextConnection
 
-__all__ = ["DEFAULT_PORT", "Handler", "Peer", "Reject", "Server", "default_handler"]
+__all__ = [
+    "DEFAULT_PORT",
+    "Handler",
+    "Peer",
+    "PeerEvent",
+    "Reject",
+    "Server",
+    "default_handler",
+]
 
 DEFAULT_PORT = 7777
 TEXT_PAUSE = 0.2
@@ -57,12 +67,13 @@ class Peer:
     connected_at: float = field(default_factory=time.time)
 
 
-class Reject(Exception):
-    """Raise in a handler to reject a message; the sender gets ``reason``."""
+@dataclass(frozen=True, slots=True)
+class PeerEvent:
+    """Something that happened to a connection, for a console: ``joined`` or ``left``."""
 
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
+    kind: str
+    peer: Peer
+    detail: str = ""
 
 
 def default_handler(message: Message, peer: Peer) -> str:
@@ -75,11 +86,6 @@ def format_address(address: Any) -> str:
         host, port = address[0], address[1]
         return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
     return str(address)
-
-
-def _is_async(handler: Callable[..., Any]) -> bool:
-    call = getattr(handler, "__call__", None)  # noqa: B004 - objects with an async __call__
-    return inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(call)
 
 
 class Server:
@@ -98,6 +104,7 @@ class Server:
         limits: Limits | None = None,
         text_pause: float = TEXT_PAUSE,
         shutdown_grace: float = 5.0,
+        on_event: Callable[[PeerEvent], object] | None = None,
     ) -> None:
         self.handler: Handler = handler or default_handler
         self.host = host
@@ -105,12 +112,16 @@ class Server:
         self.limits = limits or Limits()
         self.text_pause = text_pause
         self.shutdown_grace = shutdown_grace
-        self.handler_is_async = _is_async(self.handler)
+        self.handler_is_async = is_async(self.handler)
+        self.on_event = on_event
         self.connections: set[_PeerProtocol] = set()
+        self.clients: dict[str, _PeerProtocol] = {}  # framed clients, by name
+        self._guests = 0
         self.counts = {
             "connections": 0,
             "accepted": 0,
             "rejected": 0,
+            "delivered": 0,
             "violations": 0,
             "refused_connections": 0,
         }
@@ -173,7 +184,61 @@ class Server:
         """What the server has counted, for ``--json`` and monitoring."""
         return {**self.counts, "open_connections": len(self.connections)}
 
+    # -- sending to clients -----------------------------------------------------------
+
+    def send_nowait(self, name: str, body: Body) -> asyncio.Future[Ack]:
+        """Send to the client ``name``; the future gets its ack (a rejection included)."""
+        future: asyncio.Future[Ack] = asyncio.get_running_loop().create_future()
+        target = self.clients.get(name)
+        if target is None:
+            reason = f"no client named {name!r} is connected"
+            future.set_result(Ack(0, AckStatus.NOT_DELIVERED, reason))
+        else:
+            target.deliver(body, None, _settle(future))
+        return future
+
+    async def send(self, name: str, body: Body, *, timeout: float = 30.0) -> Ack:
+        """Send to the client ``name`` and return its ack; raise ``MessageRejected`` if not ok."""
+        try:
+            async with asyncio.timeout(timeout):
+                ack = await self.send_nowait(name, body)
+        except TimeoutError as exc:
+            raise TelexTimeout(f"no acknowledgment from {name} within {timeout:g} s") from exc
+        if not ack.ok:
+            raise MessageRejected(ack)
+        return ack
+
+    async def broadcast(self, body: Body, *, timeout: float = 30.0) -> dict[str, Ack]:
+        """Send to every named client; return each one's ack (rejections included)."""
+        futures = {name: self.send_nowait(name, body) for name in sorted(self.clients)}
+        if futures:
+            await asyncio.wait(futures.values(), timeout=timeout)
+        gone = Ack(0, AckStatus.NOT_DELIVERED, f"no acknowledgment within {timeout:g} s")
+        return {name: f.result() if f.done() else gone for name, f in futures.items()}
+
+    def who(self) -> list[Peer]:
+        """Everyone connected now, oldest first."""
+        peers = [c.peer for c in self.connections if c.open]
+        return sorted(peers, key=lambda peer: peer.connected_at)
+
     # -- bookkeeping for connections ------------------------------------------------
+
+    def claim_name(self, peer: _PeerProtocol, wanted: str | None) -> str | None:
+        """Register a framed client's name (a guest name if it gave none); None if taken."""
+        if wanted is None:
+            while True:
+                self._guests += 1
+                wanted = f"guest-{self._guests}"
+                if wanted not in self.clients:
+                    break
+        elif wanted in self.clients:
+            return None
+        self.clients[wanted] = peer
+        return wanted
+
+    def emit(self, kind: str, peer: Peer, detail: str = "") -> None:
+        if self.on_event is not None:
+            self.on_event(PeerEvent(kind, peer, detail))
 
     def admit(self, peer: _PeerProtocol) -> bool:
         address = peer.host
@@ -192,6 +257,9 @@ class Server:
     def forget(self, peer: _PeerProtocol) -> None:
         if peer not in self.connections:
             return
+        name = peer.peer.name
+        if name is not None and self.clients.get(name) is peer:
+            del self.clients[name]
         self.connections.discard(peer)
         left = self._per_address[peer.host] - 1
         if left:
@@ -213,6 +281,14 @@ class Server:
                 peer.check_deadlines(now)
 
 
+def _settle(future: asyncio.Future[Ack]) -> Callable[[Ack], None]:
+    def settle(ack: Ack) -> None:
+        if not future.done():
+            future.set_result(ack)
+
+    return settle
+
+
 class _PeerProtocol(asyncio.Protocol):
     """One accepted connection."""
 
@@ -231,6 +307,8 @@ class _PeerProtocol(asyncio.Protocol):
         self.worker: asyncio.Task[None] | None = None
         self.pause_timer: asyncio.TimerHandle | None = None
         self.paused_for: set[str] = set()
+        self.outgoing: dict[int, Callable[[Ack], None]] = {}  # sent to this client, unacked
+        self.flush_scheduled = False
 
     # -- asyncio callbacks ------------------------------------------------------------
 
@@ -275,8 +353,13 @@ class _PeerProtocol(asyncio.Protocol):
             self.pause_timer.cancel()
         if self.worker is not None:
             self.worker.cancel()
+        outgoing, self.outgoing = self.outgoing, {}
+        reason = f"{self.peer.name} disconnected before acknowledging"
+        for msg_id, on_ack in outgoing.items():
+            on_ack(Ack(msg_id, AckStatus.NOT_DELIVERED, reason))
         if self.open:
             log.info("%s: left", self.describe())
+            self.server.emit("left", self.peer)
 
     def pause_writing(self) -> None:
         self._pause("writing")
@@ -321,6 +404,9 @@ class _PeerProtocol(asyncio.Protocol):
             accepted = 0
             for event in events:
                 if type(event) is Message:
+                    if event.to is not None:
+                        self._route(event)
+                        continue
                     try:
                         reply = handler(event, peer)
                     except Exception as exc:
@@ -335,7 +421,9 @@ class _PeerProtocol(asyncio.Protocol):
 
     def _handle_async(self, events: list[Event]) -> None:
         for event in events:
-            if type(event) is Message or type(event) is MessageTooLarge:
+            if type(event) is Message and event.to is not None:
+                self._route(event)
+            elif type(event) is Message or type(event) is MessageTooLarge:
                 self.queue.append(event)
             else:
                 self._control(event)
@@ -376,11 +464,9 @@ class _PeerProtocol(asyncio.Protocol):
         self, proto: Connection | TextConnection, event: Message, exc: Exception
     ) -> None:
         self.server.counts["rejected"] += 1
-        if isinstance(exc, Reject):
-            proto.send_rejection(event.id, AckStatus.REFUSED, exc.reason)
-        else:
+        if not isinstance(exc, Reject):
             log.error("%s: handler failed on message %d", self.describe(), event.id, exc_info=exc)
-            proto.send_rejection(event.id, AckStatus.HANDLER_FAILED, "the server's handler failed")
+        proto.send_rejection(event.id, *rejection_for(exc))
 
     def _too_large(self, proto: Connection | TextConnection | None, event: MessageTooLarge) -> None:
         assert proto is not None
@@ -388,14 +474,55 @@ class _PeerProtocol(asyncio.Protocol):
         log.warning("%s: message %d rejected: %s", self.describe(), event.id, event.reason)
         proto.send_rejection(event.id, AckStatus.TOO_LARGE, event.reason)
 
+    def _route(self, event: Message) -> None:
+        """A message for another client: forward it; its ack answers the sender."""
+        proto = self.proto
+        assert proto is not None and event.to is not None
+        target = self.server.clients.get(event.to)
+        if target is None:
+            self.server.counts["rejected"] += 1
+            reason = f"no client named {event.to!r} is connected"
+            proto.send_rejection(event.id, AckStatus.NOT_DELIVERED, reason)
+            return
+        msg_id = event.id
+
+        def answer(ack: Ack) -> None:
+            if ack.ok:
+                self.server.counts["delivered"] += 1
+                proto.send_ack(msg_id, ack.reply)
+            else:
+                proto.send_rejection(msg_id, ack.status, ack.reason)
+            self.schedule_flush()
+
+        target.deliver(event.body, self.peer.name, answer)
+
+    def deliver(self, body: Body, sender: str | None, on_ack: Callable[[Ack], None]) -> None:
+        """Send a message to this client; ``on_ack`` gets its answer."""
+        proto = self.proto
+        assert isinstance(proto, Connection)
+        msg_id = proto.send_message(body, name=sender)
+        self.outgoing[msg_id] = on_ack
+        self.schedule_flush()
+
     def _control(self, event: Event) -> None:
         proto = self.proto
-        if type(event) is Hello:
+        if type(event) is Ack:
+            on_ack = self.outgoing.pop(event.id, None)
+            if on_ack is not None:
+                on_ack(event)
+        elif type(event) is Hello:
             assert isinstance(proto, Connection)
-            self.peer.name = event.name
+            name = self.server.claim_name(self, event.name)
+            if name is None:
+                self.fail(ErrorCode.NAME_TAKEN, f"the name {event.name!r} is in use")
+                return
+            self.peer.name = name
             self.open = True
-            proto.send_welcome(agent=f"telex/{__version__}", limits=self.server.limits.advertised())
+            proto.send_welcome(
+                name=name, agent=f"telex/{__version__}", limits=self.server.limits.advertised()
+            )
             log.info("%s: joined", self.describe())
+            self.server.emit("joined", self.peer)
             if self.server.closing:
                 self.begin_goodbye()
         elif type(event) is MessageTooLarge:
@@ -414,7 +541,14 @@ class _PeerProtocol(asyncio.Protocol):
 
     # -- writing and closing ----------------------------------------------------------
 
+    def schedule_flush(self) -> None:
+        """Write at the end of this loop turn: answers made together leave together."""
+        if not self.flush_scheduled:
+            self.flush_scheduled = True
+            self.loop.call_soon(self.flush)
+
     def flush(self) -> None:
+        self.flush_scheduled = False
         if self.proto is not None and self.transport is not None:
             data = self.proto.data_to_send()
             if data and not self.transport.is_closing():

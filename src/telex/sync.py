@@ -12,7 +12,7 @@ from collections.abc import Coroutine, Iterable
 from typing import Any, TypeVar
 
 from .client import DEFAULT_WINDOW, AsyncClient
-from .events import Ack, Body
+from .events import Ack, Body, Message
 
 __all__ = ["Client"]
 
@@ -40,15 +40,31 @@ class Client:
     def server_limits(self) -> dict[str, Any]:
         return self._client.server_limits
 
-    def send(self, body: Body, *, timeout: float | None = None) -> Ack:
+    @property
+    def name(self) -> str | None:
+        """The name the server knows this client by."""
+        return self._client.name
+
+    def send(self, body: Body, *, to: str | None = None, timeout: float | None = None) -> Ack:
         """Send one message and return its acknowledgment; raise if it was rejected."""
-        return self._run(self._client.send(body, timeout=timeout))
+        return self._run(self._client.send(body, to=to, timeout=timeout))
 
     def send_many(
-        self, bodies: Iterable[Body], *, window: int = DEFAULT_WINDOW, timeout: float | None = None
+        self,
+        bodies: Iterable[Body],
+        *,
+        window: int = DEFAULT_WINDOW,
+        timeout: float | None = None,
+        to: str | None = None,
     ) -> list[Ack]:
         """Send every body with up to ``window`` in flight; return all acks in order."""
-        return self._run(self._client.send_many(list(bodies), window=window, timeout=timeout))
+        return self._run(
+            self._client.send_many(list(bodies), window=window, timeout=timeout, to=to)
+        )
+
+    def receive(self, timeout: float | None = None) -> Message:
+        """The next message from the server; ``TelexTimeout`` after ``timeout`` seconds."""
+        return self._run(self._client.receive(timeout=timeout))
 
     def close(self) -> None:
         if self._thread.is_alive():

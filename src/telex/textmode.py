@@ -10,7 +10,7 @@ same events (``Message``, ``MessageTooLarge``), so the server treats both alike.
 
 from __future__ import annotations
 
-from .events import AckStatus, Body, ErrorCode, Event, Message, MessageTooLarge
+from .events import Body, ErrorCode, Event, Message, MessageTooLarge
 
 __all__ = ["TextConnection", "answer_line", "text_body"]
 
@@ -102,7 +102,7 @@ class TextConnection:
     def send_ack(self, msg_id: int, reply: Body = b"") -> None:
         self._out.append(answer_line(f"ack {msg_id}: ", reply))
 
-    def send_rejection(self, msg_id: int, status: AckStatus, reason: str) -> None:
+    def send_rejection(self, msg_id: int, status: int, reason: str) -> None:
         self._out.append(answer_line(f"rejected {msg_id}: ", reason))
 
     def send_goodbye(self, reason: str = "") -> None:
