@@ -61,6 +61,7 @@ class Serve:
 def serve(*options: str) -> Iterator[Serve]:
     process = subprocess.Popen(
         [*TELEX, "serve", "--port", "0", "--json", *options],
+        stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -91,7 +92,8 @@ def test_send_gets_acknowledgments_and_the_server_prints_them() -> None:
         code, out = server.stop()
     assert code == 0
     lines = records(out)
-    assert [(r["id"], r.get("text")) for r in lines[:2]] == [(1, "hello"), (2, "wörld")]
+    messages = [(r["id"], r.get("text")) for r in lines if r["event"] == "message"]
+    assert messages == [(1, "hello"), (2, "wörld")]
     assert lines[-1]["event"] == "stopped"
     assert lines[-1]["accepted"] == 2
 
@@ -194,7 +196,8 @@ def test_serve_on_a_busy_port_is_one_line_and_exit_3() -> None:
 def test_demo_runs_and_exits_0() -> None:
     result = telex("demo")
     assert result.returncode == 0, result.stderr
-    assert "ack 3:" in result.stdout
+    assert "client  ack 2: received" in result.stdout  # the server acknowledged the client
+    assert "ack 1 from demo-client: thanks, got it" in result.stdout  # and the other way
 
 
 def test_help_and_version() -> None:

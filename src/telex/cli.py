@@ -1,4 +1,4 @@
-"""The ``telex`` command: serve, send, demo.
+"""The ``telex`` command: serve, send, chat, listen, demo.
 
 Exit codes of ``telex send``: 0 every message acknowledged; 1 some were rejected;
 2 usage error; 3 cannot connect; 4 the connection failed after it was up (lost,
@@ -14,23 +14,29 @@ import logging
 import os
 import signal
 import sys
-import time
-from collections import deque
 from collections.abc import AsyncIterator, Coroutine
-from datetime import datetime
-from typing import IO, Any, TypeVar
+from typing import Any, TypeVar
 
 import click
 
 from ._version import __version__
 from .client import AsyncClient
+from .console import (
+    ChatSession,
+    MessagePrinter,
+    Output,
+    PeerEventPrinter,
+    ServerConsole,
+    StderrHandler,
+    read_lines,
+    show_message,
+)
 from .events import Ack, Body, Message
 from .exceptions import ConnectError, ConnectionClosed, TelexError
 from .limits import Limits
 from .render import body_fields, printable
 from .server import DEFAULT_PORT, TEXT_PAUSE, Peer, Server, default_handler
 from .textclient import TextClient
-from .textmode import text_body
 
 __all__ = ["main"]
 
@@ -75,13 +81,6 @@ class Address(click.ParamType):  # type: ignore[type-arg]
             return parse_address(str(value))
         except click.BadParameter as exc:
             self.fail(exc.message, param, ctx)
-
-
-def styled(text: str, stream: IO[str], **style: Any) -> str:
-    """Colour for a terminal, plain text for a pipe or when NO_COLOR is set."""
-    if stream.isatty() and "NO_COLOR" not in os.environ:
-        return click.style(text, **style)
-    return text
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -148,32 +147,6 @@ def limit_options(function: Any) -> Any:
     return function
 
 
-class MessagePrinter:
-    """The server's handler in the terminal: print each message, then acknowledge it."""
-
-    def __init__(self, as_json: bool) -> None:
-        self.as_json = as_json
-        self.out = sys.stdout
-
-    def __call__(self, message: Message, peer: Peer) -> str:
-        now = time.time()
-        if self.as_json:
-            record = {
-                "event": "message",
-                "time": datetime.fromtimestamp(now).astimezone().isoformat(timespec="milliseconds"),
-                "peer": peer.address,
-                "name": peer.name,
-                "id": message.id,
-                **body_fields(message.body),
-            }
-            self.out.write(json.dumps(record) + "\n")
-        else:
-            stamp = styled(time.strftime("%H:%M:%S", time.localtime(now)), self.out, dim=True)
-            who = styled(peer.name or peer.address, self.out, fg="cyan")
-            self.out.write(f"{stamp} {who} #{message.id} {printable(message.body)}\n")
-        return default_handler(message, peer)
-
-
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option(
@@ -203,60 +176,52 @@ def serve(
     answers what already arrived and says goodbye to every client.
     """
     sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
-    logging.basicConfig(
-        level=logging.WARNING if quiet else logging.INFO,
-        format="%(asctime)s %(message)s",
-        datefmt="%H:%M:%S",
-        stream=sys.stderr,
+    log_to_stderr(logging.WARNING if quiet else logging.INFO)
+    out = Output(as_json)
+    server = Server(
+        default_handler if quiet else MessagePrinter(out),
+        host=host,
+        port=port,
+        limits=Limits(**limits),
+        text_pause=text_pause,
+        on_event=None if quiet else PeerEventPrinter(out),
     )
-    handler = default_handler if quiet else MessagePrinter(as_json)
-    server = Server(handler, host=host, port=port, limits=Limits(**limits), text_pause=text_pause)
+    interactive = sys.stdin.isatty() and sys.stdout.isatty() and not as_json
     try:
-        run(_serve(server, as_json))
+        run(_serve(server, out, interactive))
     except OSError as exc:
         fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}", EXIT_CONNECT)
 
 
-async def _serve(server: Server, as_json: bool) -> None:
+def log_to_stderr(level: int) -> None:
+    handler = StderrHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", datefmt="%H:%M:%S"))
+    logging.basicConfig(level=level, handlers=[handler])
+
+
+async def _serve(server: Server, out: Output, interactive: bool) -> None:
     await server.start()
-    if as_json:
-        print(json.dumps({"event": "listening", "host": server.host, "port": server.port}))
-    else:
-        print(f"telex {__version__} listening on {server.host}:{server.port} (Ctrl-C to stop)")
+    out.record("listening", host=server.host, port=server.port)
+    out.line(f"telex {__version__} listening on {server.host}:{server.port} (Ctrl-C to stop)")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
+    console = asyncio.create_task(ServerConsole(server, out, stop).run(interactive))
     await stop.wait()
+    console.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await console
     await server.close()
     stats = server.stats()
-    if as_json:
-        print(json.dumps({"event": "stopped", **stats}))
-    else:
-        print(
-            f"stopped: {stats['accepted']} messages acknowledged, {stats['rejected']} rejected, "
-            f"{stats['connections']} connections"
-        )
+    out.record("stopped", **stats)
+    out.line(
+        f"stopped: {stats['accepted']} messages acknowledged, {stats['rejected']} rejected, "
+        f"{stats['delivered']} delivered between clients, {stats['connections']} connections"
+    )
 
 
 # -- send --------------------------------------------------------------------------------
-
-
-async def stdin_lines() -> AsyncIterator[Body]:
-    """Each line of stdin as it arrives (text when it is UTF-8), read off the event loop."""
-    loop = asyncio.get_running_loop()
-    stream = sys.stdin.buffer
-    rest = b""
-    while True:
-        chunk = await loop.run_in_executor(None, stream.read1, 65536)  # type: ignore[union-attr]
-        if not chunk:
-            break
-        lines = (rest + chunk).split(b"\n")
-        rest = lines.pop()
-        for line in lines:
-            yield text_body(line.removesuffix(b"\r"))
-    if rest:
-        yield text_body(rest)
 
 
 async def _given(messages: tuple[str, ...]) -> AsyncIterator[Body]:
@@ -267,17 +232,19 @@ async def _given(messages: tuple[str, ...]) -> AsyncIterator[Body]:
 class AckPrinter:
     """Prints each acknowledgment as it arrives; counts rejections."""
 
-    def __init__(self, as_json: bool, each: bool, progress: Any = None) -> None:
-        self.as_json = as_json
+    def __init__(self, out: Output, each: bool, to: str | None, progress: Any = None) -> None:
+        self.as_json = out.as_json
+        self.style = out.style
         self.each = each
+        self.to = to
         self.progress = progress
-        self.sizes: deque[int] = deque()  # of the messages in flight: acks come in order
+        self.sizes: dict[int, int] = {}  # bytes of each message in flight, by id
         self.acked = 0
         self.rejected = 0
         self.out = sys.stdout
 
     def __call__(self, ack: Ack) -> None:
-        size = self.sizes.popleft() if self.sizes else 0
+        size = self.sizes.pop(ack.id, 0)
         self.acked += 1
         if self.progress is not None:
             self.progress.advance(0)
@@ -294,14 +261,19 @@ class AckPrinter:
     def line(self, ack: Ack, size: int) -> str:
         if self.as_json:
             record: dict[str, Any] = {"id": ack.id, "status": "ok" if ack.ok else "rejected"}
+            if self.to is not None:
+                record["to"] = self.to
             if ack.ok:
                 record.update(body_fields(ack.reply, "reply"), bytes=size)
             else:
                 record.update(code=ack.status, reason=ack.reason)
             return json.dumps(record) + "\n"
-        if ack.ok:
+        if not ack.ok:
+            return self.style(f"rejected {ack.id}: {ack.reason}", fg="red") + "\n"
+        if self.to is None:
             return f"ack {ack.id}: {printable(ack.reply)} ({size} bytes)\n"
-        return styled(f"rejected {ack.id}: {ack.reason}", self.out, fg="red") + "\n"
+        reply = f": {printable(ack.reply)}" if ack.reply else ""
+        return f"ack {ack.id}: delivered to {self.to}{reply} ({size} bytes)\n"
 
 
 @main.command()
@@ -315,6 +287,11 @@ class AckPrinter:
     help="Talk to a plain line-based server (nc -l): each answer line is the ack.",
 )
 @click.option("--name", help="The name this client gives in the handshake.")
+@click.option(
+    "--to",
+    metavar="NAME",
+    help="Send to the client NAME through the server; its own ack is the answer.",
+)
 @click.option(
     "--window",
     type=click.IntRange(1),
@@ -342,6 +319,7 @@ def send(
     as_json: bool,
     text_mode: bool,
     name: str | None,
+    to: str | None,
     window: int,
     timeout: float,
     connect_timeout: float,
@@ -376,8 +354,9 @@ def send(
                     port,
                     messages,
                     from_stdin,
-                    as_json,
+                    Output(as_json),
                     name,
+                    to,
                     window,
                     timeout,
                     connect_timeout,
@@ -399,8 +378,9 @@ async def _send(
     port: int,
     messages: tuple[str, ...],
     from_stdin: bool,
-    as_json: bool,
+    out: Output,
     name: str | None,
+    to: str | None,
     window: int,
     timeout: float,
     connect_timeout: float,
@@ -424,16 +404,17 @@ async def _send(
             )
             stack.enter_context(progress)
             progress.add_task("send", total=None)
-        printer = AckPrinter(as_json, each, progress)
-        source = stdin_lines() if from_stdin else _given(messages)
+        printer = AckPrinter(out, each, to, progress)
+        source = read_lines() if from_stdin else _given(messages)
 
         async def sized() -> AsyncIterator[Body]:
             async for body in source:
-                printer.sizes.append(len(body.encode() if isinstance(body, str) else body))
+                size = len(body.encode() if isinstance(body, str) else body)
+                printer.sizes[client.next_id] = size
                 yield body
 
         try:
-            await client.send_many(sized(), window=window, on_ack=printer)
+            await client.send_many(sized(), window=window, on_ack=printer, to=to)
         except ConnectionClosed as exc:  # count what was read but never acknowledged
             raise ConnectionClosed(exc.reason, len(printer.sizes)) from exc
         finally:
@@ -453,7 +434,7 @@ async def _send_text(
     timeout: float,
     connect_timeout: float,
 ) -> int:
-    source = stdin_lines() if from_stdin else _given(messages)
+    source = read_lines() if from_stdin else _given(messages)
     async with TextClient(host, port, timeout=timeout, connect_timeout=connect_timeout) as client:
         number = 0
         async for body in source:
@@ -466,29 +447,155 @@ async def _send_text(
     return EXIT_OK
 
 
+# -- chat and listen ---------------------------------------------------------------------
+
+
+@main.command()
+@click.argument("address", type=Address())
+@click.option("--name", help="Your name on the server (default: one it makes up).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object a line.")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=30.0,
+    show_default=True,
+    help="Seconds to wait for an acknowledgment.",
+)
+@click.option(
+    "--connect-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=10.0,
+    show_default=True,
+    help="Seconds to wait for the connection and handshake.",
+)
+def chat(
+    address: tuple[str, int],
+    name: str | None,
+    as_json: bool,
+    timeout: float,
+    connect_timeout: float,
+) -> None:
+    """Talk with the server and, through it, other clients.
+
+    Type a line to send it to the server, '@NAME text' to send it to another client.
+    Each message is marked once it is acknowledged; what arrives shows above the
+    prompt. When the connection drops, the status line says so and telex reconnects.
+    Ctrl-D or /quit leaves. Without a terminal, each stdin line is sent.
+
+    Exit codes: 0 left normally; 3 cannot connect; 4 gave up reconnecting.
+    """
+    log_to_stderr(logging.WARNING)
+    host, port = address
+    out = Output(as_json)
+    session = ChatSession(
+        host, port, out, name=name, timeout=timeout, connect_timeout=connect_timeout
+    )
+    interactive = sys.stdin.isatty() and sys.stdout.isatty() and not as_json
+    try:
+        code = run(session.run(interactive))
+    except ConnectError as exc:
+        fail(f"cannot connect: {exc}", EXIT_CONNECT)
+    except KeyboardInterrupt:
+        code = EXIT_OK
+    sys.exit(code)
+
+
+@main.command()
+@click.argument("address", type=Address())
+@click.option("--name", help="Your name on the server (default: one it makes up).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object a line.")
+@click.option(
+    "--connect-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=10.0,
+    show_default=True,
+    help="Seconds to wait for the connection and handshake.",
+)
+def listen(
+    address: tuple[str, int], name: str | None, as_json: bool, connect_timeout: float
+) -> None:
+    """Print every message that arrives, and acknowledge each once it is printed.
+
+    Runs until the server says goodbye or Ctrl-C (or SIGTERM).
+
+    Exit codes: 0 the server said goodbye, or stopped by a signal; 3 cannot connect;
+    4 the connection was lost.
+    """
+    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
+    log_to_stderr(logging.WARNING)
+    host, port = address
+    try:
+        code = run(_listen(host, port, name, Output(as_json), connect_timeout))
+    except ConnectError as exc:
+        fail(f"cannot connect: {exc}", EXIT_CONNECT)
+    sys.exit(code)
+
+
+async def _listen(
+    host: str, port: int, name: str | None, out: Output, connect_timeout: float
+) -> int:
+    client = AsyncClient(
+        host,
+        port,
+        name=name,
+        connect_timeout=connect_timeout,
+        handler=lambda message: show_message(out, message),
+    )
+    await client.connect()
+    click.echo(f"telex: listening as {client.name} on {host}:{port}", err=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    stopped = asyncio.create_task(stop.wait())
+    closed = asyncio.create_task(client.wait_closed())
+    await asyncio.wait([stopped, closed], return_when=asyncio.FIRST_COMPLETED)
+    stopped.cancel()
+    if stop.is_set():
+        await client.close()
+        return EXIT_OK
+    if client.server_said_goodbye:
+        return EXIT_OK
+    click.echo("telex: connection lost", err=True)
+    return EXIT_LOST
+
+
 # -- demo --------------------------------------------------------------------------------
 
 
 @main.command()
 def demo() -> None:
-    """Run a server and a client on a free loopback port and show their exchange."""
-    run(_demo())
+    """Run a server and a client on a free loopback port and show their exchange.
+
+    The client sends to the server, and the server sends to the client: each message
+    is acknowledged by the side that received it.
+    """
+    run(_demo(Output(as_json=False)))
 
 
-async def _demo() -> None:
-    out = sys.stdout
+async def _demo(out: Output) -> None:
+    server_tag = out.style("server", fg="cyan", bold=True)
+    client_tag = out.style("client", fg="green", bold=True)
 
     def server_side(message: Message, peer: Peer) -> str:
-        tag = styled("server", out, fg="cyan", bold=True)
-        print(f"{tag}  got #{message.id} from {peer.name}: {printable(message.body)}")
+        out.line(f"{server_tag}  got #{message.id} from {peer.name}: {printable(message.body)}")
         return f"received {len(str(message.body))} characters"
 
+    def client_side(message: Message) -> str:
+        out.line(f"{client_tag}  got #{message.id} from the server: {printable(message.body)}")
+        return "thanks, got it"
+
     async with Server(server_side, port=0) as server:
-        print(f"server listening on 127.0.0.1:{server.port}")
-        async with AsyncClient("127.0.0.1", server.port, name="demo-client") as client:
-            tag = styled("client", out, fg="green", bold=True)
-            for text in ("hello, server", "every message gets an acknowledgment", "goodbye"):
-                print(f"{tag}  sends: {text}")
+        out.line(f"server listening on 127.0.0.1:{server.port}")
+        async with AsyncClient(
+            "127.0.0.1", server.port, name="demo-client", handler=client_side
+        ) as client:
+            for text in ("hello, server", "every message gets an acknowledgment"):
+                out.line(f"{client_tag}  sends: {text}")
                 ack = await client.send(text)
-                print(f"{tag}  ack {ack.id}: {printable(ack.reply)}")
-    print("done: 3 messages sent, 3 acknowledged")
+                out.line(f"{client_tag}  ack {ack.id}: {printable(ack.reply)}")
+            text = "and the server can send too"
+            out.line(f"{server_tag}  sends to demo-client: {text}")
+            ack = await server.send("demo-client", text)
+            out.line(f"{server_tag}  ack {ack.id} from demo-client: {printable(ack.reply)}")
+    out.line("done: 3 messages sent, each acknowledged by the side that received it")

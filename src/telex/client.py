@@ -348,9 +348,7 @@ class AsyncClient:
         protocol.schedule_flush()
         return future
 
-    async def send(
-        self, body: Body, *, to: str | None = None, timeout: float | None = None
-    ) -> Ack:
+    async def send(self, body: Body, *, to: str | None = None, timeout: float | None = None) -> Ack:
         """Send one message and return its acknowledgment; raise if it was rejected."""
         ack = await self._wait(self.send_nowait(body, to=to), timeout)
         if not ack.ok:
@@ -407,6 +405,19 @@ class AsyncClient:
                 return await future
         except TimeoutError as exc:
             raise TelexTimeout(f"no acknowledgment from {self.address} within {limit:g} s") from exc
+
+    @property
+    def server_said_goodbye(self) -> bool:
+        return self._protocol is not None and self._protocol.server_goodbye
+
+    @property
+    def connected(self) -> bool:
+        return self._protocol is not None and not self._protocol.closed.done()
+
+    async def wait_closed(self) -> None:
+        """Return once the connection has ended, for whatever reason."""
+        if self._protocol is not None:
+            await asyncio.shield(self._protocol.closed)
 
     @property
     def unacknowledged(self) -> int:

@@ -1,0 +1,426 @@
+"""The interactive side of ``telex serve`` and ``telex chat``.
+
+On a terminal, a prompt_toolkit prompt stays at the bottom while events scroll above
+it, with a status line under it. Without a terminal, stdin is read line by line with
+the same commands, so a script can drive either command.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import click
+
+from .client import AsyncClient
+from .events import Ack, Body, Message
+from .exceptions import ConnectError
+from .render import body_fields, printable
+from .server import Peer, PeerEvent, Server, default_handler
+from .textmode import text_body
+
+__all__ = [
+    "Command",
+    "MessagePrinter",
+    "Output",
+    "PeerEventPrinter",
+    "ServerConsole",
+    "StderrHandler",
+    "parse_command",
+    "read_lines",
+    "run_prompt",
+]
+
+HELP = "@NAME TEXT: to one client · TEXT: to {everyone} · /who · /help · /quit"
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    """A line typed at a console: ``kind`` is send, who, help, quit or unknown."""
+
+    kind: str
+    text: str = ""
+    to: str | None = None
+
+
+def parse_command(line: str) -> Command | None:
+    """``@name text``, ``/who``, ``/help``, ``/quit``, or plain text; None for a blank line."""
+    stripped = line.strip()
+    if not stripped:
+        return None
+    if stripped.startswith("/"):
+        word = stripped.split()[0][1:].lower()
+        if word in ("who", "help", "quit"):
+            return Command(word)
+        if word == "exit":
+            return Command("quit")
+        return Command("unknown", stripped)
+    if stripped.startswith("@") and len(stripped) > 1:
+        name, _, text = stripped[1:].partition(" ")
+        return Command("send", text.strip(), to=name)
+    return Command("send", line.rstrip("\r\n"))
+
+
+class Output:
+    """Lines for a person (coloured on a terminal, readable without) or JSON for scripts."""
+
+    def __init__(self, as_json: bool) -> None:
+        self.as_json = as_json
+        self.color = sys.stdout.isatty() and "NO_COLOR" not in os.environ
+
+    def style(self, text: str, **style: Any) -> str:
+        return click.style(text, **style) if self.color else text
+
+    def line(self, text: str, **style: Any) -> None:
+        """One line for a person; ignored in JSON mode."""
+        if not self.as_json:
+            print(self.style(text, **style), flush=True)
+
+    def record(self, event: str, **fields: Any) -> None:
+        """One JSON object; ignored unless in JSON mode."""
+        if self.as_json:
+            print(json.dumps({"event": event, **fields}), flush=True)
+
+
+class StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Logs to whatever ``sys.stderr`` is now, so lines land above a prompt."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stderr
+        super().emit(record)
+
+
+async def read_lines() -> AsyncIterator[Body]:
+    """Each line of stdin as it arrives (text when it is UTF-8), read off the event loop."""
+    loop = asyncio.get_running_loop()
+    stream = sys.stdin.buffer
+    rest = b""
+    while True:
+        try:
+            chunk = await loop.run_in_executor(None, stream.read1, 65536)  # type: ignore[union-attr]
+        except (OSError, ValueError):  # no stdin at all, as under a service manager
+            break
+        if not chunk:
+            break
+        lines = (rest + chunk).split(b"\n")
+        rest = lines.pop()
+        for line in lines:
+            yield text_body(line.removesuffix(b"\r"))
+    if rest:
+        yield text_body(rest)
+
+
+async def run_prompt(
+    on_line: Callable[[str], Awaitable[bool]],
+    status: Callable[[], str],
+    prompt: str = "> ",
+) -> None:
+    """Prompt at the bottom of the terminal until Ctrl-D, Ctrl-C or ``on_line`` says stop."""
+    from prompt_toolkit import PromptSession
+    from prompt_toolkit.patch_stdout import patch_stdout
+
+    session: PromptSession[str] = PromptSession()
+    with patch_stdout(raw=True):
+        while True:
+            try:
+                line = await session.prompt_async(
+                    prompt, bottom_toolbar=status, refresh_interval=0.5
+                )
+            except (EOFError, KeyboardInterrupt):
+                return
+            if not await on_line(line):
+                return
+
+
+def clock() -> str:
+    return time.strftime("%H:%M:%S")
+
+
+def now_iso() -> str:
+    return datetime.now().astimezone().isoformat(timespec="milliseconds")
+
+
+# -- telex serve ---------------------------------------------------------------------------
+
+
+class MessagePrinter:
+    """The server's handler in a terminal: print each message, then acknowledge it."""
+
+    def __init__(self, out: Output) -> None:
+        self.out = out
+
+    def __call__(self, message: Message, peer: Peer) -> str:
+        out = self.out
+        if out.as_json:
+            out.record("message", time=now_iso(), peer=peer.address, name=peer.name,
+                       id=message.id, **body_fields(message.body))  # fmt: skip
+        else:
+            who = out.style(peer.name or peer.address, fg="cyan")
+            stamp = out.style(clock(), dim=True)
+            out.line(f"{stamp} {who} #{message.id} {printable(message.body)}")
+        return default_handler(message, peer)
+
+
+class PeerEventPrinter:
+    """Joins and leaves, as lines or JSON."""
+
+    def __init__(self, out: Output) -> None:
+        self.out = out
+
+    def __call__(self, event: PeerEvent) -> None:
+        peer = self.out.style(event.peer.name or event.peer.address, fg="cyan")
+        if event.kind == "joined":
+            self.out.line(f"{clock()} {peer} joined from {event.peer.address} ({event.peer.mode})")
+        else:
+            self.out.line(f"{clock()} {peer} left", dim=True)
+        self.out.record(event.kind, time=now_iso(), name=event.peer.name, peer=event.peer.address)
+
+
+def show_ack(out: Output, who: str, ack: Ack) -> None:
+    """One acknowledgment of a message this console sent."""
+    if ack.ok:
+        reply = f": {printable(ack.reply)}" if ack.reply else ""
+        out.line(f"  ✓ {who} acknowledged #{ack.id}{reply}", fg="green")
+        out.record("ack", to=who, id=ack.id, status="ok", **body_fields(ack.reply, "reply"))
+    else:
+        out.line(f"  ✗ {who}: {ack.reason}", fg="red")
+        out.record("ack", to=who, id=ack.id, status="rejected", code=ack.status, reason=ack.reason)
+
+
+class ServerConsole:
+    """Commands typed at ``telex serve``: to one client, to all, /who, /help, /quit."""
+
+    def __init__(self, server: Server, out: Output, stop: asyncio.Event) -> None:
+        self.server = server
+        self.out = out
+        self.stop = stop
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    def status(self) -> str:
+        count = len(self.server.clients)
+        return f" telex on {self.server.host}:{self.server.port} · {count} connected · /help"
+
+    async def on_line(self, line: str) -> bool:
+        command = parse_command(line)
+        if command is None:
+            return True
+        if command.kind == "quit":
+            self.stop.set()
+            return False
+        if command.kind == "help":
+            self.out.line(HELP.format(everyone="every connected client"))
+        elif command.kind == "who":
+            self.who()
+        elif command.kind == "unknown":
+            self.out.line(f"unknown command {command.text!r}; /help lists them", fg="yellow")
+        else:
+            task = asyncio.create_task(self.send(command))
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+        return True
+
+    def who(self) -> None:
+        peers = self.server.who()
+        for peer in peers:
+            since = time.strftime("%H:%M:%S", time.localtime(peer.connected_at))
+            name = peer.name or "(text peer)"
+            self.out.line(f"  {name:<20} since {since}  from {peer.address} ({peer.mode})")
+            self.out.record("who", name=peer.name, peer=peer.address, mode=peer.mode,
+                            since=peer.connected_at)  # fmt: skip
+        if not peers:
+            self.out.line("  nobody is connected")
+
+    async def send(self, command: Command) -> None:
+        if command.to is not None:
+            self.out.line(f"→ @{command.to}: {command.text}", fg="magenta")
+            self.out.record("sent", to=command.to, text=command.text)
+            show_ack(self.out, command.to, await self.server.send_nowait(command.to, command.text))
+            return
+        names = sorted(self.server.clients)
+        if not names:
+            self.out.line("nobody is connected to receive it", fg="yellow")
+            return
+        self.out.line(f"→ everyone ({len(names)}): {command.text}", fg="magenta")
+        self.out.record("sent", to=None, text=command.text)
+        for name, ack in (await self.server.broadcast(command.text)).items():
+            show_ack(self.out, name, ack)
+
+    async def run(self, interactive: bool) -> None:
+        """On a terminal, the prompt (its end stops the server); else stdin's lines."""
+        if interactive:
+            await run_prompt(self.on_line, self.status)
+            self.stop.set()
+            return
+        async for line in read_lines():
+            text = line if isinstance(line, str) else line.decode("utf-8", "replace")
+            if not await self.on_line(text):
+                return
+        await asyncio.gather(*self.tasks)  # the end of stdin ends the console, not the server
+
+
+# -- telex chat and telex listen --------------------------------------------------------------
+
+
+def show_message(out: Output, message: Message) -> None:
+    """A message that arrived from the server, or through it from another client."""
+    sender = message.sender or "server"
+    out.line(f"{out.style(clock(), dim=True)} [{out.style(sender, fg='cyan')}] "
+             f"{printable(message.body)}")  # fmt: skip
+    out.record("message", time=now_iso(), sender=message.sender, id=message.id,
+               **body_fields(message.body))  # fmt: skip
+
+
+class ChatSession:
+    """``telex chat``: send what is typed, show acks and what arrives, reconnect when dropped."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        out: Output,
+        *,
+        name: str | None,
+        timeout: float,
+        connect_timeout: float,
+        retries: int = 30,
+    ) -> None:
+        self.host, self.port, self.out, self.name = host, port, out, name
+        self.timeout = timeout
+        self.connect_timeout = connect_timeout
+        self.retries = retries
+        self.client: AsyncClient | None = None
+        self.state = "connecting"
+        self.connected = asyncio.Event()
+        self.gave_up = asyncio.Event()
+        self.quitting = False
+        self.watcher: asyncio.Task[None] | None = None
+
+    def status(self) -> str:
+        return f" {self.name or '?'} @ {self.host}:{self.port} · {self.state} · /help"
+
+    async def _connect(self) -> AsyncClient:
+        client = AsyncClient(
+            self.host,
+            self.port,
+            name=self.name,
+            handler=lambda message: show_message(self.out, message),
+            timeout=self.timeout,
+            connect_timeout=self.connect_timeout,
+        )
+        await client.connect()
+        self.name = client.name  # a reconnect keeps the name, a given guest name too
+        return client
+
+    async def start(self) -> None:
+        """Connect for the first time; a failure here is the caller's (no retry)."""
+        self.client = await self._connect()
+        self.state = "connected"
+        self.connected.set()
+        self.watcher = asyncio.create_task(self._watch())
+
+    async def _watch(self) -> None:
+        """When the connection drops, say so and reconnect with backoff, up to a limit."""
+        while self.client is not None:
+            await self.client.wait_closed()
+            if self.quitting:
+                return
+            self.connected.clear()
+            why = (
+                "the server said goodbye" if self.client.server_said_goodbye else "connection lost"
+            )
+            self.out.line(f"-- {why}; reconnecting", fg="yellow")
+            self.out.record("disconnected", reason=why)
+            delay = 0.2
+            for attempt in range(1, self.retries + 1):
+                self.state = f"{why}: reconnecting (attempt {attempt} of {self.retries})"
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                try:
+                    self.client = await self._connect()
+                    break
+                except ConnectError:
+                    continue
+            else:
+                self.state = "disconnected"
+                self.out.line(f"-- gave up after {self.retries} attempts to reconnect", fg="red")
+                self.gave_up.set()
+                return
+            self.state = "connected"
+            self.connected.set()
+            self.out.line("-- reconnected", fg="green")
+            self.out.record("reconnected")
+
+    async def on_line(self, line: str, *, wait: bool = False) -> bool:
+        command = parse_command(line)
+        if command is None:
+            return True
+        if command.kind == "quit":
+            return False
+        if command.kind == "help":
+            self.out.line("TEXT: to the server · @NAME TEXT: to another client · /quit (Ctrl-D)")
+            return True
+        if command.kind != "send":
+            self.out.line(f"unknown command {command.text!r}; /help lists them", fg="yellow")
+            return True
+        if not self.connected.is_set():
+            if not wait:
+                self.out.line("not connected: not sent (reconnecting…)", fg="red")
+                return True
+            await asyncio.wait(
+                [asyncio.ensure_future(self.connected.wait()),
+                 asyncio.ensure_future(self.gave_up.wait())],
+                return_when=asyncio.FIRST_COMPLETED,
+            )  # fmt: skip
+            if self.gave_up.is_set():
+                return False
+        assert self.client is not None
+        msg_id = self.client.next_id
+        who = command.to or "server"
+        future = self.client.send_nowait(command.text, to=command.to)
+        arrow = f" → @{command.to}" if command.to else ""
+        self.out.line(f"you #{msg_id}{arrow}: {command.text}", dim=True)
+        self.out.record("sent", id=msg_id, to=command.to, text=command.text)
+        future.add_done_callback(lambda done: self._acknowledged(done, who, msg_id))
+        return True
+
+    def _acknowledged(self, future: asyncio.Future[Ack], who: str, msg_id: int) -> None:
+        if future.cancelled():
+            return
+        error = future.exception()
+        if error is None:
+            show_ack(self.out, who, future.result())
+        else:
+            self.out.line(f"  ✗ #{msg_id} not acknowledged: {error}", fg="red")
+            self.out.record("ack", id=msg_id, status="unacknowledged", reason=str(error))
+
+    async def close(self) -> None:
+        self.quitting = True
+        if self.watcher is not None:
+            self.watcher.cancel()
+        if self.client is not None:
+            await self.client.close()
+
+    async def run(self, interactive: bool) -> int:
+        """Until /quit, Ctrl-D or the end of stdin; 0, or 4 if reconnecting failed."""
+        await self.start()
+        if interactive:
+            prompt = asyncio.create_task(run_prompt(self.on_line, self.status))
+            gave_up = asyncio.create_task(self.gave_up.wait())
+            await asyncio.wait([prompt, gave_up], return_when=asyncio.FIRST_COMPLETED)
+            prompt.cancel()
+            gave_up.cancel()
+        else:
+            async for line in read_lines():
+                text = line if isinstance(line, str) else line.decode("utf-8", "replace")
+                if not await self.on_line(text, wait=True):
+                    break
+        await self.close()
+        return 4 if self.gave_up.is_set() else 0
