@@ -28,7 +28,7 @@ def need(tool: str) -> str:
     if path is None:
         if os.environ.get("TELEX_REQUIRE_PEERS"):
             pytest.fail(f"{tool} is not installed")
-        pytest.skip(f"{tool} is not installed (apt-get install netcat-openbsd socat)")
+        pytest.skip(f"{tool} is not installed (apt-get install netcat-openbsd socat tmux)")
     return path
 
 

@@ -176,7 +176,7 @@ def serve(
     answers what already arrived and says goodbye to every client.
     """
     sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
-    log_to_stderr(logging.WARNING if quiet else logging.INFO)
+    log_to_stderr(logging.WARNING)  # joins and leaves are printed as events instead
     out = Output(as_json)
     server = Server(
         default_handler if quiet else MessagePrinter(out),
