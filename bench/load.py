@@ -71,6 +71,40 @@ def throughput(port: int, size: int, count: int, window: int) -> dict[str, float
     return {"messages": count, "seconds": elapsed, "per_second": count / elapsed}
 
 
+def pushed(port: int, size: int, count: int) -> dict[str, float]:
+    """Ask the server to push; ack each message as its frame completes (acks prebuilt)."""
+    sock = connect(port)
+    warmup = max(count // 10, 1000)
+    frame = 14 + size
+    empty_ack = frames.ACK_HEAD.size
+    acks = b"".join(frames.ack(i, 0, b"", b"", 0) for i in range(1, warmup + count + 1))
+
+    def run(command_id: int, first: int, total: int) -> float:
+        command = f"push {total} {size}".encode()
+        start = time.perf_counter()
+        sock.sendall(frames.message(command_id, command, 0))
+        received = -empty_ack  # the ack of the push command comes first
+        acked = 0
+        while acked < total:
+            data = sock.recv(1 << 20)
+            if not data:
+                raise SystemExit("the server closed the connection")
+            received += len(data)
+            complete = max(received, 0) // frame
+            if complete > acked:
+                sock.sendall(acks[(first + acked) * empty_ack : (first + complete) * empty_ack])
+                acked = complete
+        elapsed = time.perf_counter() - start
+        if received != total * frame:
+            raise SystemExit(f"expected {total * frame} bytes of messages, got {received}")
+        return elapsed
+
+    run(1, 0, warmup)
+    elapsed = run(2, warmup, count)
+    sock.close()
+    return {"messages": count, "seconds": elapsed, "per_second": count / elapsed}
+
+
 def latency(port: int, size: int, count: int) -> dict[str, float]:
     sock = connect(port)
     body = b"x" * size
@@ -96,8 +130,11 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=1_000_000)
     parser.add_argument("--window", type=int, default=1000)
     parser.add_argument("--latency", type=int, default=0, help="round trips to time instead")
+    parser.add_argument("--push", action="store_true", help="the server sends, the client acks")
     args = parser.parse_args()
-    if args.latency:
+    if args.push:
+        print(json.dumps(pushed(args.port, args.size, args.count)))
+    elif args.latency:
         print(json.dumps(latency(args.port, args.size, args.latency)))
     else:
         print(json.dumps(throughput(args.port, args.size, args.count, args.window)))

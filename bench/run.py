@@ -55,6 +55,7 @@ def main() -> None:
     cases = [
         ("pipelined 64 B, msg/s", ["--size", "64", "--count", str(1_000_000 // scale)]),
         ("pipelined 4 KiB, msg/s", ["--size", "4096", "--count", str(200_000 // scale)]),
+        ("server pushes 64 B, msg/s", ["--push", "--size", "64", "--count", str(500_000 // scale)]),
     ]
     for label, args in cases:
         telex_result = measure("telex", options.uvloop, args)

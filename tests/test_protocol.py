@@ -420,3 +420,15 @@ def test_welcome_carries_the_name() -> None:
     server.receive_data(client.data_to_send())
     server.send_welcome(name="guest-1")
     assert client.receive_data(server.data_to_send()) == [Welcome(1, "", {}, "guest-1")]
+
+
+def test_ack_with_a_text_reply_that_is_not_utf8() -> None:
+    client, _ = handshake()
+    bad = frames.ack(1, 0, b"", b"\xff\xfe", frames.FLAG_TEXT)
+    assert violation(client.receive_data(bad)).code == ErrorCode.INVALID_UTF8
+
+
+def test_ack_with_a_reason_takes_the_checked_path() -> None:
+    client, _ = handshake()
+    data = frames.ack(1, 2, "nope".encode(), b"", 0) + frames.ack(2, 0, b"", b"ok", 0)
+    assert client.receive_data(data) == [Ack(1, 2, "nope", b""), Ack(2, 0, "", b"ok")]

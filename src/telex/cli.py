@@ -193,6 +193,15 @@ def serve(
         fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}", EXIT_CONNECT)
 
 
+def stop_on_signals() -> asyncio.Event:
+    """An event set by SIGINT or SIGTERM, so either ends the command cleanly."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    return stop
+
+
 def log_to_stderr(level: int) -> None:
     handler = StderrHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", datefmt="%H:%M:%S"))
@@ -200,13 +209,10 @@ def log_to_stderr(level: int) -> None:
 
 
 async def _serve(server: Server, out: Output, interactive: bool) -> None:
+    stop = stop_on_signals()  # before the port is printed: a signal may follow at once
     await server.start()
     out.record("listening", host=server.host, port=server.port)
     out.line(f"telex {__version__} listening on {server.host}:{server.port} (Ctrl-C to stop)")
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
     console = asyncio.create_task(ServerConsole(server, out, stop).run(interactive))
     await stop.wait()
     console.cancel()
@@ -541,12 +547,9 @@ async def _listen(
         connect_timeout=connect_timeout,
         handler=lambda message: show_message(out, message),
     )
+    stop = stop_on_signals()
     await client.connect()
     click.echo(f"telex: listening as {client.name} on {host}:{port}", err=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
     stopped = asyncio.create_task(stop.wait())
     closed = asyncio.create_task(client.wait_closed())
     await asyncio.wait([stopped, closed], return_when=asyncio.FIRST_COMPLETED)

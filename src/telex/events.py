@@ -95,9 +95,11 @@ class Message(NamedTuple):
     sender: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Ack:
-    """The answer to message ``id``: ``status`` 0 with a ``reply``, or a rejection."""
+class Ack(NamedTuple):
+    """The answer to message ``id``: ``status`` 0 with a ``reply``, or a rejection.
+
+    A NamedTuple for the same reason as ``Message``: one is built per message.
+    """
 
     id: int
     status: int = AckStatus.OK

@@ -69,6 +69,7 @@ def valid_name(name: str) -> bool:
 _unpack_header = frames.HEADER.unpack_from
 _unpack_id_flags = Struct(">QB").unpack_from
 _unpack_message_head = frames.MESSAGE_HEAD.unpack_from
+_unpack_ack_head = frames.ACK_HEAD.unpack_from
 _unpack_ack = Struct(">QBBH").unpack_from
 _unpack_u16 = Struct(">H").unpack_from
 _unpack_u64 = Struct(">Q").unpack_from
@@ -293,6 +294,7 @@ class Connection:
         accepting = self._accepting
         unpack_message_head = _unpack_message_head
         new, message_class = _new_tuple, Message
+        max_ack_frame = self.max_message_size + 2048
         while True:
             # The fast path, taken by nearly every frame: a whole, in-limit MESSAGE with
             # an increasing id on an open connection. Anything else takes the path below.
@@ -310,6 +312,21 @@ class Connection:
                     last_id = msg_id
                     pos = end
                     continue
+                # The other frame on the hot path: a whole ACK with no reason.
+                if ftype == _ACK and end <= n and ACK_FIXED <= length <= max_ack_frame:
+                    _, _, msg_id, status, flags, reason_length = _unpack_ack_head(data, pos)
+                    if not reason_length:
+                        reply: Body = data[pos + 17 : end]
+                        if flags & FLAG_TEXT:
+                            try:
+                                reply = data[pos + 17 : end].decode()
+                            except UnicodeDecodeError:
+                                reply = b""  # the checked path below reports it
+                                flags = -1
+                        if flags != -1:
+                            append(new(Ack, (msg_id, status, "", reply)))
+                            pos = end
+                            continue
             avail = n - pos
             if avail < 5:
                 self._need = 5
