@@ -430,5 +430,5 @@ def test_ack_with_a_text_reply_that_is_not_utf8() -> None:
 
 def test_ack_with_a_reason_takes_the_checked_path() -> None:
     client, _ = handshake()
-    data = frames.ack(1, 2, "nope".encode(), b"", 0) + frames.ack(2, 0, b"", b"ok", 0)
+    data = frames.ack(1, 2, b"nope", b"", 0) + frames.ack(2, 0, b"", b"ok", 0)
     assert client.receive_data(data) == [Ack(1, 2, "nope", b""), Ack(2, 0, "", b"ok")]
