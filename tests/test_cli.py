@@ -53,6 +53,9 @@ class Serve:
 
     def stop(self) -> tuple[int, str]:
         self.process.send_signal(signal.SIGTERM)
+        if self.process.stdin is not None and not self.process.stdin.closed:
+            self.process.stdin.close()
+        self.process.stdin = None  # communicate() must not touch it again
         out, _ = self.process.communicate(timeout=TIMEOUT)
         return self.process.returncode, out
 
@@ -367,3 +370,99 @@ def test_a_reader_that_goes_away_stops_the_printing_not_the_sending() -> None:
         _, out = server.stop()
     assert err == b""
     assert records(out)[-1]["accepted"] == 20_000
+
+
+# -- both directions, in scripts --------------------------------------------------------------
+
+
+@contextmanager
+def listening(address: str, *options: str) -> Iterator[subprocess.Popen[str]]:
+    """``telex listen --json``, once the server has it (its banner is on stderr)."""
+    process = subprocess.Popen(
+        [*TELEX, "listen", address, "--json", *options],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stderr is not None
+        assert "listening as" in read_line(process.stderr)
+        yield process
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.communicate(timeout=TIMEOUT)
+
+
+def test_send_to_a_listening_client_with_json() -> None:
+    with serve("--quiet") as server, listening(server.address, "--name", "bot") as bot:
+        result = telex("send", server.address, "--to", "bot", "--json", "deploy done")
+        assert result.returncode == 0, result.stderr
+        assert records(result.stdout) == [
+            {"id": 1, "status": "ok", "to": "bot", "reply_base64": "", "bytes": 11}
+        ]
+        assert bot.stdout is not None
+        message = json.loads(read_line(bot.stdout))
+        assert message["event"] == "message" and message["text"] == "deploy done"
+        assert message["sender"].startswith("guest-")
+        server.stop()  # the server says goodbye: listen exits 0
+        assert bot.wait(timeout=TIMEOUT) == 0
+
+
+def test_send_to_a_client_that_is_not_there_is_not_delivered() -> None:
+    with serve("--quiet") as server:
+        result = telex("send", server.address, "--to", "nobody", "hello?")
+    assert result.returncode == 1
+    assert result.stdout == "rejected 1: no client named 'nobody' is connected\n"
+
+
+def test_listen_exit_codes() -> None:
+    one_clear_line(telex("listen", f"127.0.0.1:{closed_port()}"), 3, "connection refused")
+    with serve("--quiet") as server, listening(server.address) as listener:
+        server.process.kill()  # no goodbye: the connection is lost
+        assert listener.wait(timeout=TIMEOUT) == 4
+    with serve("--quiet") as server, listening(server.address) as listener:
+        listener.send_signal(signal.SIGTERM)
+        assert listener.wait(timeout=TIMEOUT) == 0
+
+
+def test_the_serve_console_reads_stdin_without_a_terminal() -> None:
+    process = subprocess.Popen(
+        [*TELEX, "serve", "--port", "0", "--json"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdin is not None and process.stdout is not None
+    server = Serve(process)
+    try:
+        with listening(server.address, "--name", "bot") as bot:
+            assert bot.stdout is not None
+            process.stdin.write("@bot to you alone\neveryone hears this\n")
+            process.stdin.close()  # the end of stdin ends the console, not the server
+            first = json.loads(read_line(bot.stdout))
+            second = json.loads(read_line(bot.stdout))
+            assert (first["text"], first["sender"]) == ("to you alone", None)
+            assert second["text"] == "everyone hears this"
+            result = telex("send", server.address, "still serving")
+            assert result.returncode == 0
+        code, out = server.stop()
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert code == 0
+    acks = [r for r in records(out) if r["event"] == "ack"]
+    assert [(a["to"], a["status"]) for a in acks] == [("bot", "ok"), ("bot", "ok")]
+
+
+def test_chat_without_a_terminal_sends_stdin_lines() -> None:
+    with serve("--quiet") as server, listening(server.address, "--name", "bob") as bob:
+        result = telex("chat", server.address, "--name", "alice", stdin="hi server\n@bob hi bob\n")
+        assert result.returncode == 0, result.stderr
+        assert "you #1: hi server" in result.stdout
+        assert "✓ server acknowledged #1: received" in result.stdout
+        assert "✓ bob acknowledged #2" in result.stdout
+        assert bob.stdout is not None
+        assert json.loads(read_line(bob.stdout))["sender"] == "alice"
