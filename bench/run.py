@@ -53,13 +53,13 @@ def main() -> None:
     print(f"servers on {loop}; window 1000; each figure from its own server process\n")
     print(f"{'case':<36} {'telex':>12} {'bare':>12} {'ratio':>7}")
     cases = [
-        ("pipelined 64 B, msg/s", ["--size", "64", "--count", str(1_000_000 // scale)]),
-        ("pipelined 4 KiB, msg/s", ["--size", "4096", "--count", str(200_000 // scale)]),
-        ("server pushes 64 B, msg/s", ["--push", "--size", "64", "--count", str(500_000 // scale)]),
+        ("pipelined 64 B, msg/s", "", ["--size", "64", "--count", str(1_000_000 // scale)]),
+        ("pipelined 4 KiB, msg/s", "", ["--size", "4096", "--count", str(200_000 // scale)]),
+        ("server pushes 64 B, msg/s", "-push", ["--push", "--count", str(500_000 // scale)]),
     ]
-    for label, args in cases:
-        telex_result = measure("telex", options.uvloop, args)
-        bare_result = measure("bare", options.uvloop, args)
+    for label, variant, args in cases:
+        telex_result = measure("telex" + variant, options.uvloop, args)
+        bare_result = measure("bare" + variant, options.uvloop, args)
         t, b = telex_result["per_second"], bare_result["per_second"]
         print(f"{label:<36} {t:>12,.0f} {b:>12,.0f} {t / b:>7.2f}", flush=True)
     rounds = str(20_000 // scale)

@@ -1,11 +1,12 @@
 """The servers the benchmark compares, each run in its own process.
 
-    python bench/servers.py telex|bare [--uvloop]
+    python bench/servers.py telex|bare|telex-push|bare-push [--uvloop]
 
 prints the port it listens on (one line), then serves until killed.
 
-Both also push, for the server-to-client run: a client's message ``push COUNT SIZE``
-makes the server send it COUNT messages of SIZE bytes, 1,000 in flight at most.
+The ``-push`` kinds serve the server-to-client run: a client's message ``push COUNT SIZE``
+makes the server send it COUNT messages of SIZE bytes, 1,000 in flight at most. They
+are separate so that the receiving servers carry no check for it.
 
 ``bare`` is the baseline: a plain asyncio.Protocol with telex's length-prefix framing
 that acknowledges every message with the same ACK bytes telex sends, and does nothing
@@ -45,37 +46,66 @@ def push_command(body: bytes) -> tuple[int, int] | None:
 
 
 class BareProtocol(asyncio.Protocol):
-    """Length-prefixed frames in, one ACK per MESSAGE out, all of a read in one write.
-
-    Asked to push, it writes prebuilt message frames, keeping a window of them in flight
-    by counting the (fixed-size) acks that come back.
-    """
+    """Length-prefixed frames in, one ACK per MESSAGE out, all of a read in one write."""
 
     def __init__(self) -> None:
         self.buffer = b""
         self.greeted = False
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+
+    def greet(self, data: bytes) -> bytes | None:
+        """Answer the preamble and HELLO the way telex does (untimed); the rest, or None."""
+        if len(data) < 13 or len(data) < 12 + struct.unpack_from(">I", data, 8)[0]:
+            self.buffer = data
+            return None
+        self.transport.write(PREAMBLE + struct.pack(">IB", 3, FrameType.WELCOME) + b"{}")
+        self.greeted = True
+        return data[12 + struct.unpack_from(">I", data, 8)[0] :]
+
+    def data_received(self, data: bytes) -> None:
+        if self.buffer:
+            data = self.buffer + data
+        if not self.greeted:
+            rest = self.greet(data)
+            if rest is None:
+                return
+            data = rest
+        acks = []
+        pos = 0
+        n = len(data)
+        while n - pos >= 5:
+            length, _ = _unpack_head(data, pos)
+            end = pos + 4 + length
+            if end > n:
+                break
+            acks.append(_pack_ack(_ACK_LEN, 0x11, _unpack_id(data, pos + 5)[0], 0, 1, 0, REPLY))
+            pos = end
+        self.buffer = data[pos:]
+        if acks:
+            self.transport.write(b"".join(acks))
+
+
+class BarePushProtocol(BareProtocol):
+    """Asked to push, writes prebuilt message frames, keeping a window of them in flight
+    by counting the (fixed-size) acks that come back."""
+
+    def __init__(self) -> None:
+        super().__init__()
         self.to_push = 0  # messages still to send
         self.in_flight = 0
         self.next_id = 1
         self.body = b""
 
-    def connection_made(self, transport: Any) -> None:
-        self.transport = transport
-
     def data_received(self, data: bytes) -> None:
         if self.buffer:
             data = self.buffer + data
-        if not self.greeted:  # answer the preamble and HELLO the way telex does, untimed
-            if len(data) < 13:
-                self.buffer = data
+        if not self.greeted:
+            rest = self.greet(data)
+            if rest is None:
                 return
-            (length,) = struct.unpack_from(">I", data, 8)
-            if len(data) < 12 + length:
-                self.buffer = data
-                return
-            self.transport.write(PREAMBLE + struct.pack(">IB", 3, FrameType.WELCOME) + b"{}")
-            data = data[12 + length :]
-            self.greeted = True
+            data = rest
         acks = []
         pos = 0
         n = len(data)
@@ -87,14 +117,11 @@ class BareProtocol(asyncio.Protocol):
             if ftype == FrameType.ACK:  # a pushed message acknowledged
                 self.in_flight -= 1
             else:
-                (msg_id,) = _unpack_id(data, pos + 5)
                 command = push_command(data[pos + 14 : end])
-                if command is None:
-                    acks.append(_pack_ack(_ACK_LEN, 0x11, msg_id, 0, 1, 0, REPLY))
-                else:
-                    acks.append(_EMPTY_ACK(13, 0x11, msg_id, 0, 0, 0))
-                    self.to_push, size = command
-                    self.body = b"x" * size
+                assert command is not None
+                acks.append(_EMPTY_ACK(13, 0x11, _unpack_id(data, pos + 5)[0], 0, 0, 0))
+                self.to_push, size = command
+                self.body = b"x" * size
             pos = end
         self.buffer = data[pos:]
         if acks:
@@ -111,12 +138,11 @@ class BareProtocol(asyncio.Protocol):
             self.to_push -= count
 
 
-def push_or_receive(message: telex.Message, peer: telex.Peer) -> str | None:
-    """The default reply, or, asked to push, start pushing with the library's own API."""
-    command = push_command(message.body) if isinstance(message.body, bytes) else None
-    if command is None:
-        return "received"
-    assert peer.name is not None
+def start_push(message: telex.Message, peer: telex.Peer) -> None:
+    """Asked to push, push with the library's own API (``Server.send_nowait``)."""
+    assert isinstance(message.body, bytes) and peer.name is not None
+    command = push_command(message.body)
+    assert command is not None
     task = asyncio.create_task(push(peer.name, *command))
     _tasks.add(task)
     task.add_done_callback(_tasks.discard)
@@ -140,12 +166,13 @@ async def push(name: str, count: int, size: int) -> None:
 
 async def serve(kind: str) -> None:
     global _server
-    if kind == "bare":
+    if kind.startswith("bare"):
         loop = asyncio.get_running_loop()
-        server = await loop.create_server(BareProtocol, "127.0.0.1", 0)
+        protocol = BarePushProtocol if kind == "bare-push" else BareProtocol
+        server = await loop.create_server(protocol, "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
-    else:
-        telex_server = _server = telex.Server(push_or_receive, port=0)
+    else:  # the default handler (reply "received"), or the one that starts pushing
+        telex_server = _server = telex.Server(start_push if kind == "telex-push" else None, port=0)
         await telex_server.start()
         port = telex_server.port
     print(port, flush=True)
@@ -154,7 +181,7 @@ async def serve(kind: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("kind", choices=["telex", "bare"])
+    parser.add_argument("kind", choices=["telex", "bare", "telex-push", "bare-push"])
     parser.add_argument("--uvloop", action="store_true")
     args = parser.parse_args()
     if args.uvloop:
