@@ -1,0 +1,104 @@
+"""The SQLite message log, on real files."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from telex.store import SCHEMA_VERSION, Store, StoreError
+
+
+def row(session: str | None, sender_id: int | None, body: object, **kw: object) -> tuple:  # type: ignore[type-arg]
+    return (
+        session,
+        sender_id,
+        kw.get("sender", "alice"),
+        kw.get("recipient"),
+        body,
+        kw.get("reply", "received"),
+        kw.get("received", 100.0),
+        kw.get("delivered", 100.0),
+    )
+
+
+def test_a_new_store_has_the_current_schema_in_wal_mode(tmp_path: Path) -> None:
+    store = Store(tmp_path / "t.db")
+    assert store.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    assert store.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    store.close()
+    Store(tmp_path / "t.db").close()  # opening again migrates nothing
+
+
+def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
+    Store(tmp_path / "t.db").close()
+    db = sqlite3.connect(tmp_path / "t.db")
+    db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    db.close()
+    with pytest.raises(StoreError, match="schema version"):
+        Store(tmp_path / "t.db")
+
+
+def test_rows_round_trip_with_text_and_bytes(tmp_path: Path) -> None:
+    store = Store(tmp_path / "t.db", sync="full")
+    store.write([row("s1", 1, "héllo"), row("s1", 2, b"\x00\xff", reply=b"\x01")])
+    records = list(store.records())
+    assert [(r.body, r.reply) for r in records] == [("héllo", "received"), (b"\x00\xff", b"\x01")]
+    assert store.last_id("s1") == 2 and store.last_id("other") == 0
+    assert store.find("s1", 2) == (2, b"\x01")
+    assert store.find("s1", 3) is None
+
+
+def test_a_message_is_stored_once_per_sender_id(tmp_path: Path) -> None:
+    store = Store(tmp_path / "t.db")
+    store.write([row("s1", 1, "a")])
+    with pytest.raises(StoreError):
+        store.write([row("s1", 2, "b"), row("s1", 1, "a again")])
+    assert [r.body for r in store.records()] == ["a"]  # the failed batch left nothing
+
+
+def test_the_outbox_in_order_until_delivered(tmp_path: Path) -> None:
+    store = Store(tmp_path / "t.db")
+    first = store.write_one(row("s1", 1, "one", recipient="bob", delivered=None))
+    store.write_one(row("s2", 1, "other", recipient="carol", delivered=None))
+    second = store.write_one(row("s1", 2, "two", recipient="bob", delivered=None))
+    assert store.outbox("bob") == [(first, "alice", "one"), (second, "alice", "two")]
+    store.mark_delivered([first])
+    assert store.outbox("bob") == [(second, "alice", "two")]
+
+
+def test_records_filter(tmp_path: Path) -> None:
+    store = Store(tmp_path / "t.db")
+    store.write(
+        [
+            row("a", 1, "1", sender="alice", received=10.0),
+            row("b", 1, "2", sender="bob", recipient="alice", received=20.0),
+            row(None, None, "3", sender=None, recipient="bob", received=30.0),
+        ]
+    )
+    assert [r.body for r in store.records(sender="alice")] == ["1"]
+    assert [r.body for r in store.records(recipient="alice")] == ["2"]
+    assert [r.body for r in store.records(sender="server")] == ["3"]
+    assert [r.body for r in store.records(recipient="server")] == ["1"]
+    assert [r.body for r in store.records(since=15.0)] == ["2", "3"]
+    assert [r.body for r in store.records(limit=2)] == ["2", "3"]
+    assert [r.body for r in store.records(after_seq=2)] == ["3"]
+
+
+def test_a_full_store_raises_and_keeps_what_it_had(tmp_path: Path) -> None:
+    store = Store(tmp_path / "t.db")
+    store.write([row("s", 1, "fits")])
+    pages = store.db.execute("PRAGMA page_count").fetchone()[0]
+    store.db.execute(f"PRAGMA max_page_count = {pages}")  # as a full disk does
+    with pytest.raises(StoreError, match="full"):
+        store.write([row("s", i, "x" * 5000) for i in range(2, 50)])
+    assert [r.body for r in store.records()] == ["fits"]
+
+
+def test_a_read_only_store_raises(tmp_path: Path) -> None:
+    Store(tmp_path / "t.db").close()
+    store = Store(tmp_path / "t.db")
+    store.db.execute("PRAGMA query_only = ON")  # as a file system remounted read-only
+    with pytest.raises(StoreError, match="readonly"):
+        store.write([row("s", 1, "x")])
