@@ -9,9 +9,12 @@ import pytest
 
 from telex.store import SCHEMA_VERSION, Store, StoreError
 
+_seq = iter(range(1, 1_000_000))
+
 
 def row(session: str | None, sender_id: int | None, body: object, **kw: object) -> tuple:  # type: ignore[type-arg]
     return (
+        kw.get("seq", next(_seq)),
         session,
         sender_id,
         kw.get("sender", "alice"),
@@ -46,7 +49,7 @@ def test_rows_round_trip_with_text_and_bytes(tmp_path: Path) -> None:
     records = list(store.records())
     assert [(r.body, r.reply) for r in records] == [("héllo", "received"), (b"\x00\xff", b"\x01")]
     assert store.last_id("s1") == 2 and store.last_id("other") == 0
-    assert store.find("s1", 2) == (2, b"\x01")
+    assert store.find("s1", 2) == (records[1].seq, b"\x01")
     assert store.find("s1", 3) is None
 
 
@@ -60,12 +63,18 @@ def test_a_message_is_stored_once_per_sender_id(tmp_path: Path) -> None:
 
 def test_the_outbox_in_order_until_delivered(tmp_path: Path) -> None:
     store = Store(tmp_path / "t.db")
-    first = store.write_one(row("s1", 1, "one", recipient="bob", delivered=None))
-    store.write_one(row("s2", 1, "other", recipient="carol", delivered=None))
-    second = store.write_one(row("s1", 2, "two", recipient="bob", delivered=None))
-    assert store.outbox("bob") == [(first, "alice", "one"), (second, "alice", "two")]
-    store.mark_delivered([first])
-    assert store.outbox("bob") == [(second, "alice", "two")]
+    assert store.next_seq() == 1
+    store.write(
+        [
+            row("s1", 1, "one", recipient="bob", delivered=None, seq=1),
+            row("s2", 1, "other", recipient="carol", delivered=None, seq=2),
+            row("s1", 2, "two", recipient="bob", delivered=None, seq=3),
+        ]
+    )
+    assert store.next_seq() == 4
+    assert store.outbox("bob") == [(1, "s1", 1, "alice", "one"), (3, "s1", 2, "alice", "two")]
+    store.write([], delivered=[(200.0, 1)])
+    assert store.outbox("bob") == [(3, "s1", 2, "alice", "two")]
 
 
 def test_records_filter(tmp_path: Path) -> None:
@@ -83,7 +92,8 @@ def test_records_filter(tmp_path: Path) -> None:
     assert [r.body for r in store.records(recipient="server")] == ["1"]
     assert [r.body for r in store.records(since=15.0)] == ["2", "3"]
     assert [r.body for r in store.records(limit=2)] == ["2", "3"]
-    assert [r.body for r in store.records(after_seq=2)] == ["3"]
+    second = list(store.records())[1].seq
+    assert [r.body for r in store.records(after_seq=second)] == ["3"]
 
 
 def test_a_full_store_raises_and_keeps_what_it_had(tmp_path: Path) -> None:

@@ -22,6 +22,7 @@ __all__ = [
     "PeerError",
     "Pong",
     "ProtocolViolation",
+    "Receipt",
     "Welcome",
 ]
 
@@ -66,6 +67,7 @@ class Hello:
     version: int
     name: str | None = None
     agent: str = ""
+    session: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +78,7 @@ class Welcome:
     agent: str = ""
     limits: dict[str, Any] = field(default_factory=dict)
     name: str | None = None
+    stable_ids: bool = False
 
 
 class Message(NamedTuple):
@@ -99,6 +102,24 @@ class Ack(NamedTuple):
     """The answer to message ``id``: ``status`` 0 with a ``reply``, or a rejection.
 
     A NamedTuple for the same reason as ``Message``: one is built per message.
+    """
+
+    id: int
+    status: int = AckStatus.OK
+    reason: str = ""
+    reply: Body = b""
+
+    @property
+    def ok(self) -> bool:
+        return self.status == AckStatus.OK
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    """Message ``id`` reached the client it was for, which answered with this status and reply.
+
+    The second answer to a message for another client, after the server's ack said it
+    was stored.
     """
 
     id: int
@@ -159,6 +180,7 @@ Event = (
     | Welcome
     | Message
     | Ack
+    | Receipt
     | MessageTooLarge
     | Pong
     | Goodbye

@@ -43,6 +43,7 @@ class FrameType(IntEnum):
     MESSAGE = 0x10
     ACK = 0x11
     ROUTED = 0x12
+    RECEIPT = 0x13
     PING = 0x20
     PONG = 0x21
     ERROR = 0x30
@@ -73,9 +74,17 @@ def routed(msg_id: int, name: bytes, body: bytes, flags: int) -> bytes:
     return ROUTED_HEAD.pack(length, FrameType.ROUTED, msg_id, flags, len(name)) + name + body
 
 
-def ack(msg_id: int, status: int, reason: bytes, reply: bytes, flags: int) -> bytes:
+def ack(
+    msg_id: int,
+    status: int,
+    reason: bytes,
+    reply: bytes,
+    flags: int,
+    frame_type: FrameType = FrameType.ACK,
+) -> bytes:
+    """An ACK, or (with ``frame_type=RECEIPT``) a delivery receipt, which has its layout."""
     length = ACK_FIXED + len(reason) + len(reply)
-    head = ACK_HEAD.pack(length, FrameType.ACK, msg_id, status, flags, len(reason))
+    head = ACK_HEAD.pack(length, frame_type, msg_id, status, flags, len(reason))
     return head + reason + reply
 
 

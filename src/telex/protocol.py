@@ -31,6 +31,7 @@ from .events import (
     PeerError,
     Pong,
     ProtocolViolation,
+    Receipt,
     Welcome,
 )
 from .frames import (
@@ -97,6 +98,7 @@ _ANYTIME = {FrameType.ERROR}
 _OPEN = {
     FrameType.MESSAGE,
     FrameType.ROUTED,
+    FrameType.RECEIPT,
     FrameType.ACK,
     FrameType.PING,
     FrameType.PONG,
@@ -127,14 +129,16 @@ class Connection:
     ``send_welcome()`` (or ``send_error()``).
     """
 
-    def __init__(self, role: Role, *, max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE) -> None:
+    def __init__(
+        self, role: Role, *, max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE, first_id: int = 1
+    ) -> None:
         self.role = role
         self.state = State.PREAMBLE
         self.max_message_size = max_message_size
         self.peer_said_goodbye = False
         self.said_goodbye = False
         self.last_received_id = 0
-        self._next_id = 1
+        self._next_id = first_id  # a client's ids go on across the connections of a session
         self._out: list[bytes] = []
         self._pending: list[bytes] = []  # an incomplete frame, in the pieces it came in
         self.buffered = 0  # bytes in _pending
@@ -151,35 +155,56 @@ class Connection:
 
     # -- outgoing -------------------------------------------------------------------
 
-    def initiate(self, *, name: str | None = None, agent: str = "") -> None:
+    def initiate(
+        self, *, name: str | None = None, agent: str = "", session: str | None = None
+    ) -> None:
         """Client only: queue the preamble and HELLO."""
         if self.role is not Role.CLIENT:
             raise RuntimeError("only a client initiates")
         hello: dict[str, Any] = {"version": frames.PROTOCOL_VERSION, "agent": agent}
         if name is not None:
             hello["name"] = name
+        if session is not None:
+            hello["session"] = session
         self._out.append(PREAMBLE + frames.json_frame(FrameType.HELLO, hello))
 
     def send_welcome(
-        self, *, name: str | None = None, agent: str = "", limits: dict[str, Any] | None = None
+        self,
+        *,
+        name: str | None = None,
+        agent: str = "",
+        limits: dict[str, Any] | None = None,
+        stable_ids: bool = False,
     ) -> None:
-        """Server only: accept the client's HELLO, under ``name``."""
+        """Server only: accept the client's HELLO, under ``name``.
+
+        ``stable_ids``: the ids of the server's messages are the same when it sends one
+        again (they come from its store), so a client can tell a redelivery.
+        """
         if self.role is not Role.SERVER:
             raise RuntimeError("only a server welcomes")
         welcome: dict[str, Any] = {"version": frames.PROTOCOL_VERSION, "agent": agent}
         welcome["limits"] = limits or {}
         if name is not None:
             welcome["name"] = name
+        if stable_ids:
+            welcome["stable_ids"] = True
         self._out.append(frames.json_frame(FrameType.WELCOME, welcome))
 
-    def send_message(self, body: Body, *, name: str | None = None) -> int:
+    def send_message(
+        self, body: Body, *, name: str | None = None, msg_id: int | None = None
+    ) -> int:
         """Queue a message and return its id.
 
         ``name`` routes it: from a client, the client it is for; from the server, the
-        client it comes from.
+        client it comes from. ``msg_id`` sends it under a given id (a resend, or the
+        server's stored number), which must be above the ids sent before it.
         """
         payload, flags = frames.encode_body(body)
-        msg_id = self._next_id
+        if msg_id is None:
+            msg_id = self._next_id
+        elif msg_id < self._next_id:
+            raise ValueError(f"message id {msg_id} is not above {self._next_id - 1}")
         self._next_id = msg_id + 1
         if name is None:
             self._out.append(frames.message(msg_id, payload, flags))
@@ -214,6 +239,13 @@ class Connection:
         if status == AckStatus.OK:
             raise ValueError("a rejection needs a nonzero status")
         self._out.append(frames.ack(msg_id, status, reason[:1000].encode(), b"", 0))
+
+    def send_receipt(self, msg_id: int, status: int, reason: str, reply: Body) -> None:
+        """Server only: message ``msg_id`` reached its recipient, which answered so."""
+        payload, flags = frames.encode_body(reply)
+        self._out.append(
+            frames.ack(msg_id, status, reason[:1000].encode(), payload, flags, FrameType.RECEIPT)
+        )
 
     def send_ping(self, payload: int = 0) -> None:
         self._out.append(frames.ping(FrameType.PING, payload))
@@ -365,7 +397,8 @@ class Connection:
                     break
                 pos = end
                 continue
-            limit = self.max_message_size + 2048 if ftype == FrameType.ACK else CONTROL_FRAME_LIMIT
+            answer = ftype in (FrameType.ACK, FrameType.RECEIPT)
+            limit = self.max_message_size + 2048 if answer else CONTROL_FRAME_LIMIT
             if length > limit:
                 self._violation(
                     events,
@@ -457,6 +490,8 @@ class Connection:
         try:
             if ftype is FrameType.ACK:
                 events.append(self._parse_ack(payload))
+            elif ftype is FrameType.RECEIPT:
+                events.append(Receipt(*self._parse_ack(payload)))
             elif ftype is FrameType.PING:
                 self._expect_length(payload, 8)
                 self._out.append(frames.HEADER.pack(9, FrameType.PONG) + payload)
@@ -530,13 +565,16 @@ class Connection:
         agent = obj.get("agent", "")
         if not (name is None or isinstance(name, str)) or not isinstance(agent, str):
             raise _Malformed("HELLO fields have the wrong types")
+        session = obj.get("session")
+        if not (session is None or (isinstance(session, str) and 0 < len(session) <= 64)):
+            raise _Malformed("HELLO session must be a string of 1 to 64 characters")
         if name is not None and not valid_name(name):
             raise _BadName(
                 f"invalid name {name[:40]!r}: use 1 to {MAX_NAME_LENGTH} letters, digits, . _ -"
             )
         self.state = State.OPEN
         self._accepting = True
-        return Hello(frames.PROTOCOL_VERSION, name, agent)
+        return Hello(frames.PROTOCOL_VERSION, name, agent, session)
 
     def _parse_welcome(self, payload: bytes) -> Welcome:
         obj = self._load_json(payload, "WELCOME")
@@ -551,7 +589,8 @@ class Connection:
             raise _Malformed("WELCOME fields have the wrong types")
         self.state = State.OPEN
         self._accepting = True
-        return Welcome(frames.PROTOCOL_VERSION, agent, limits, name)
+        stable_ids = obj.get("stable_ids") is True
+        return Welcome(frames.PROTOCOL_VERSION, agent, limits, name, stable_ids)
 
     def _violation(self, events: list[Event], code: ErrorCode, reason: str) -> list[Event]:
         self.send_error(code, reason)

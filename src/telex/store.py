@@ -10,8 +10,7 @@ bytes. This module knows nothing of the protocol.
 from __future__ import annotations
 
 import sqlite3
-import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,8 +41,8 @@ MIGRATIONS: list[str] = [
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
-Row = tuple[str | None, int | None, str | None, str | None, Any, Any, float, float | None]
-"""(session, sender_id, sender, recipient, body, reply, received, delivered)"""
+Row = tuple[int, str | None, int | None, str | None, str | None, Any, Any, float, float | None]
+"""(seq, session, sender_id, sender, recipient, body, reply, received, delivered)"""
 
 
 class StoreError(Exception):
@@ -101,35 +100,22 @@ class Store:
 
     # -- writing --------------------------------------------------------------------
 
-    def write(self, rows: Sequence[Row]) -> None:
-        """Store ``rows`` in one transaction; raise ``StoreError`` if it did not commit."""
+    def next_seq(self) -> int:
+        """The number the next stored message gets: the caller numbers rows itself, so
+        that a message can be sent under its number as soon as it is stored."""
+        return int(self.db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM messages").fetchone()[0])
+
+    def write(self, rows: Sequence[Row], delivered: Sequence[tuple[float, int]] = ()) -> None:
+        """Store ``rows`` and mark ``(time, seq)`` pairs delivered, in one transaction.
+
+        Raises ``StoreError`` if it did not commit; then nothing of it is stored.
+        """
         try:
             with self._transaction():
                 self.db.execute("BEGIN")
                 self.db.executemany(_INSERT, rows)
-        except sqlite3.Error as exc:
-            raise StoreError(str(exc)) from exc
-
-    def write_one(self, row: Row) -> int:
-        """Store one row and return its ``seq`` (for a message that will be delivered)."""
-        try:
-            with self._transaction():
-                self.db.execute("BEGIN")
-                seq = self.db.execute(_INSERT, row).lastrowid
-        except sqlite3.Error as exc:
-            raise StoreError(str(exc)) from exc
-        assert seq is not None
-        return seq
-
-    def mark_delivered(self, seqs: Iterable[int], when: float | None = None) -> None:
-        stamp = time.time() if when is None else when
-        try:
-            with self._transaction():
-                self.db.execute("BEGIN")
-                self.db.executemany(
-                    "UPDATE messages SET delivered = ? WHERE seq = ?",
-                    [(stamp, seq) for seq in seqs],
-                )
+                if delivered:
+                    self.db.executemany(_DELIVERED, delivered)
         except sqlite3.Error as exc:
             raise StoreError(str(exc)) from exc
 
@@ -150,16 +136,16 @@ class Store:
         ).fetchone()
         return None if row is None else (int(row[0]), row[1])
 
-    def outbox(self, recipient: str) -> list[tuple[int, str | None, Any]]:
-        """(seq, sender, body) of every message waiting for ``recipient``, oldest first."""
-        return [
-            (int(seq), sender, body)
-            for seq, sender, body in self.db.execute(
-                "SELECT seq, sender, body FROM messages "
+    def outbox(self, recipient: str) -> list[tuple[int, str | None, int | None, str | None, Any]]:
+        """(seq, session, sender_id, sender, body) of each message waiting for ``recipient``,
+        oldest first."""
+        return list(
+            self.db.execute(
+                "SELECT seq, session, sender_id, sender, body FROM messages "
                 "WHERE recipient = ? AND delivered IS NULL ORDER BY seq",
                 (recipient,),
             )
-        ]
+        )
 
     def records(
         self,
@@ -198,9 +184,10 @@ class Store:
 
 
 _INSERT = (
-    "INSERT INTO messages (session, sender_id, sender, recipient, body, reply, received, "
-    "delivered) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+    "INSERT INTO messages (seq, session, sender_id, sender, recipient, body, reply, received, "
+    "delivered) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
+_DELIVERED = "UPDATE messages SET delivered = ? WHERE seq = ?"
 
 
 class _Transaction:
