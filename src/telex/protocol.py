@@ -216,8 +216,15 @@ class Connection:
     def next_id(self) -> int:
         return self._next_id
 
-    def send_ack(self, msg_id: int, reply: Body = b"") -> None:
-        """Queue a successful acknowledgment of ``msg_id`` with an optional reply body."""
+    def send_ack(self, msg_id: int, reply: Body = b"", reason: str = "") -> None:
+        """Queue a successful acknowledgment of ``msg_id`` with an optional reply body.
+
+        ``reason`` is a note for an ok ack (such as "stored for bob"); usually empty.
+        """
+        if reason:
+            payload, flags = frames.encode_body(reply)
+            self._out.append(frames.ack(msg_id, 0, reason[:1000].encode(), payload, flags))
+            return
         if reply is not self._reply:
             self._prepare_reply(reply)
         self._out.append(

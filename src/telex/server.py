@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections import deque
@@ -33,8 +34,10 @@ from .events import (
 )
 from .exceptions import MessageRejected, TelexTimeout
 from .handlers import Reject, is_async, rejection_for
+from .journal import Journal
 from .limits import Limits
 from .protocol import Connection, Role, looks_framed
+from .store import Store
 from .textmode import TextConnection
 
 __all__ = [
@@ -65,6 +68,7 @@ class Peer:
     mode: str = "unknown"  # "framed" or "text" once the first bytes have arrived
     name: str | None = None
     connected_at: float = field(default_factory=time.time)
+    session: str | None = None  # a framed client's session, the same across its reconnects
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,8 +109,11 @@ class Server:
         text_pause: float = TEXT_PAUSE,
         shutdown_grace: float = 5.0,
         on_event: Callable[[PeerEvent], object] | None = None,
+        store: Store | None = None,
     ) -> None:
         self.handler: Handler = handler or default_handler
+        self.store = store
+        self.journal = None if store is None else Journal(store)
         self.host = host
         self.port = port
         self.limits = limits or Limits()
@@ -116,6 +123,7 @@ class Server:
         self.on_event = on_event
         self.connections: set[_PeerProtocol] = set()
         self.clients: dict[str, _PeerProtocol] = {}  # framed clients, by name
+        self.sessions: dict[str, _PeerProtocol] = {}  # framed clients, by session
         self._guests = 0
         self.counts = {
             "connections": 0,
@@ -189,13 +197,45 @@ class Server:
     def send_nowait(self, name: str, body: Body) -> asyncio.Future[Ack]:
         """Send to the client ``name``; the future gets its ack (a rejection included)."""
         future: asyncio.Future[Ack] = asyncio.get_running_loop().create_future()
-        target = self.clients.get(name)
-        if target is None:
-            reason = f"no client named {name!r} is connected"
-            future.set_result(Ack(0, AckStatus.NOT_DELIVERED, reason))
-        else:
-            target.deliver(body, None, _settle(future))
+        settle = _settle(future)
+        journal = self.journal
+        if journal is None:
+            target = self.clients.get(name)
+            if target is None:
+                settle(Ack(0, AckStatus.NOT_DELIVERED, f"no client named {name!r} is connected"))
+            else:
+                target.deliver(body, None, settle)
+            return future
+        seq = journal.number()
+
+        def stored() -> None:
+            target = self.clients.get(name)
+            if target is None:
+                settle(Ack(seq, AckStatus.OK, f"stored for {name}, who is not connected"))
+                return
+
+            def answered(ack: Ack) -> None:
+                self.delivery_answered(seq, None, 0, ack)
+                settle(ack)
+
+            target.deliver(body, None, answered, msg_id=seq)
+
+        row = (seq, None, None, None, name, body, None, time.time(), None)
+        journal.then(row, stored, lambda reason: settle(Ack(seq, AckStatus.UNAVAILABLE, reason)))
         return future
+
+    def delivery_answered(self, seq: int, session: str | None, sender_id: int, ack: Ack) -> None:
+        """A stored message's recipient answered: record it, and tell its sender (a receipt)."""
+        assert self.journal is not None
+        if ack.status == AckStatus.NOT_DELIVERED:  # it left first: the outbox keeps it
+            return
+        self.journal.delivered(seq)
+        if ack.ok:
+            self.counts["delivered"] += 1
+        sender = None if session is None else self.sessions.get(session)
+        if sender is not None and isinstance(sender.proto, Connection):
+            sender.proto.send_receipt(sender_id, ack.status, ack.reason, ack.reply)
+            sender.schedule_flush()
 
     async def send(self, name: str, body: Body, *, timeout: float = 30.0) -> Ack:
         """Send to the client ``name`` and return its ack; raise ``MessageRejected`` if not ok."""
@@ -224,16 +264,25 @@ class Server:
     # -- bookkeeping for connections ------------------------------------------------
 
     def claim_name(self, peer: _PeerProtocol, wanted: str | None) -> str | None:
-        """Register a framed client's name (a guest name if it gave none); None if taken."""
+        """Register a framed client's name (a guest name if it gave none); None if taken.
+
+        The same session asking again is the same client reconnecting before the server
+        noticed its old connection had gone: the new connection takes the name over.
+        """
         if wanted is None:
             while True:
                 self._guests += 1
                 wanted = f"guest-{self._guests}"
                 if wanted not in self.clients:
                     break
-        elif wanted in self.clients:
-            return None
+        elif (holder := self.clients.get(wanted)) is not None:
+            session = peer.peer.session
+            if session is None or holder.peer.session != session:
+                return None
+            holder.abort()
         self.clients[wanted] = peer
+        if peer.peer.session is not None:
+            self.sessions[peer.peer.session] = peer
         return wanted
 
     def emit(self, kind: str, peer: Peer, detail: str = "") -> None:
@@ -260,6 +309,9 @@ class Server:
         name = peer.peer.name
         if name is not None and self.clients.get(name) is peer:
             del self.clients[name]
+        session = peer.peer.session
+        if session is not None and self.sessions.get(session) is peer:
+            del self.sessions[session]
         self.connections.discard(peer)
         left = self._per_address[peer.host] - 1
         if left:
@@ -309,6 +361,9 @@ class _PeerProtocol(asyncio.Protocol):
         self.paused_for: set[str] = set()
         self.outgoing: dict[int, Callable[[Ack], None]] = {}  # sent to this client, unacked
         self.flush_scheduled = False
+        self.max_stored = (
+            0  # the highest id of this session in the store: lower ones may be resends
+        )
 
     # -- asyncio callbacks ------------------------------------------------------------
 
@@ -397,6 +452,8 @@ class _PeerProtocol(asyncio.Protocol):
         server = self.server
         if server.handler_is_async:
             self._handle_async(events)
+        elif server.journal is not None:
+            self._handle_stored(events)
         else:
             handler = cast(Callable[[Message, Peer], Reply], server.handler)
             peer = self.peer
@@ -419,8 +476,72 @@ class _PeerProtocol(asyncio.Protocol):
             server.counts["accepted"] += accepted
         self.flush()
 
+    def _handle_stored(self, events: list[Event]) -> None:
+        """As ``handle``, with a store: each message is acknowledged once it is stored."""
+        handler = cast(Callable[[Message, Peer], Reply], self.server.handler)
+        proto = self.proto
+        assert proto is not None
+        peer = self.peer
+        now = time.time()
+        for event in events:
+            if type(event) is Message:
+                if self._resent(event):
+                    continue
+                if event.to is not None:
+                    self._route(event)
+                    continue
+                try:
+                    reply = handler(event, peer)
+                except Exception as exc:
+                    self._handler_failed(proto, event, exc)
+                    continue
+                self.store_and_ack(event, reply, now)
+            else:
+                self._control(event)
+
+    def _resent(self, event: Message) -> bool:
+        """A message this session sent before and the store has: acknowledge it again."""
+        session = self.peer.session
+        if event.id > self.max_stored or session is None or self.server.store is None:
+            return False
+        found = self.server.store.find(session, event.id)
+        if found is None:
+            return False
+        assert self.proto is not None
+        _, reply = found
+        self.proto.send_ack(event.id, b"" if reply is None else reply)
+        return True
+
+    def store_and_ack(self, event: Message, reply: Reply, now: float) -> None:
+        """Acknowledge ``event`` with ``reply``: at once, or once it is stored."""
+        journal = self.server.journal
+        body = b"" if reply is None else reply
+        if journal is None:
+            assert self.proto is not None
+            self.proto.send_ack(event.id, body)
+            self.server.counts["accepted"] += 1
+            return
+        peer = self.peer
+        sender = peer.name or peer.address
+        row = (journal.number(), peer.session, event.id, sender, None, event.body, body, now, now)
+        journal.accept(self, event.id, row, body)
+
+    def ack(self, msg_id: int, reply: Body) -> None:
+        """The journal stored message ``msg_id``: acknowledge it."""
+        if self.proto is not None:
+            self.proto.send_ack(msg_id, reply)
+            self.server.counts["accepted"] += 1
+
+    def reject_unstored(self, msg_id: int, reason: str) -> None:
+        """The journal could not store message ``msg_id``: say so, never acknowledge it."""
+        if self.proto is not None:
+            self.proto.send_rejection(msg_id, AckStatus.UNAVAILABLE, reason)
+            self.server.counts["rejected"] += 1
+
     def _handle_async(self, events: list[Event]) -> None:
         for event in events:
+            if type(event) is Message and self._resent(event):
+                continue
             if type(event) is Message and event.to is not None:
                 self._route(event)
             elif type(event) is Message or type(event) is MessageTooLarge:
@@ -449,8 +570,7 @@ class _PeerProtocol(asyncio.Protocol):
                 except Exception as exc:
                     self._handler_failed(proto, event, exc)
                 else:
-                    proto.send_ack(event.id, b"" if reply is None else reply)
-                    self.server.counts["accepted"] += 1
+                    self.store_and_ack(event, reply, time.time())
                 if not self.queue or len(self.queue) % 64 == 0:
                     self.flush()
                 if len(self.queue) < 1000:
@@ -475,9 +595,16 @@ class _PeerProtocol(asyncio.Protocol):
         proto.send_rejection(event.id, AckStatus.TOO_LARGE, event.reason)
 
     def _route(self, event: Message) -> None:
-        """A message for another client: forward it; its ack answers the sender."""
+        """A message for another client: forward it; its ack answers the sender.
+
+        With a store, it is stored first and the server's ack says so; the recipient's
+        own ack comes back to the sender later as a receipt (or when it reconnects).
+        """
         proto = self.proto
         assert proto is not None and event.to is not None
+        if self.server.journal is not None:
+            self._route_stored(event)
+            return
         target = self.server.clients.get(event.to)
         if target is None:
             self.server.counts["rejected"] += 1
@@ -496,11 +623,50 @@ class _PeerProtocol(asyncio.Protocol):
 
         target.deliver(event.body, self.peer.name, answer)
 
-    def deliver(self, body: Body, sender: str | None, on_ack: Callable[[Ack], None]) -> None:
+    def _route_stored(self, event: Message) -> None:
+        server = self.server
+        journal = server.journal
+        proto = self.proto
+        assert journal is not None and proto is not None and event.to is not None
+        to, msg_id, session = event.to, event.id, self.peer.session
+        seq = journal.number()
+
+        def stored() -> None:
+            target = server.clients.get(to)
+            note = f"stored for {to}" if target else f"stored for {to}, who is not connected"
+            proto.send_ack(msg_id, b"", reason=note)
+            server.counts["accepted"] += 1
+            self.schedule_flush()
+            if target is not None:
+                answered = functools.partial(server.delivery_answered, seq, session, msg_id)
+                target.deliver(event.body, self.peer.name, answered, msg_id=seq)
+
+        def failed(reason: str) -> None:
+            self.reject_unstored(msg_id, reason)
+            self.schedule_flush()
+
+        row = (seq, session, msg_id, self.peer.name, to, event.body, None, time.time(), None)
+        journal.then(row, stored, failed)
+
+    def deliver_outbox(self) -> None:
+        """Everything stored for this client while it was away, in order, first."""
+        server = self.server
+        assert server.store is not None and self.peer.name is not None
+        for seq, session, sender_id, sender, body in server.store.outbox(self.peer.name):
+            answered = functools.partial(server.delivery_answered, seq, session, sender_id or 0)
+            self.deliver(body, sender, answered, msg_id=seq)
+
+    def deliver(
+        self,
+        body: Body,
+        sender: str | None,
+        on_ack: Callable[[Ack], None],
+        msg_id: int | None = None,
+    ) -> None:
         """Send a message to this client; ``on_ack`` gets its answer."""
         proto = self.proto
         assert isinstance(proto, Connection)
-        msg_id = proto.send_message(body, name=sender)
+        msg_id = proto.send_message(body, name=sender, msg_id=msg_id)
         self.outgoing[msg_id] = on_ack
         self.schedule_flush()
 
@@ -512,15 +678,24 @@ class _PeerProtocol(asyncio.Protocol):
                 on_ack(event)
         elif type(event) is Hello:
             assert isinstance(proto, Connection)
-            name = self.server.claim_name(self, event.name)
+            server = self.server
+            self.peer.session = event.session
+            name = server.claim_name(self, event.name)
             if name is None:
                 self.fail(ErrorCode.NAME_TAKEN, f"the name {event.name!r} is in use")
                 return
             self.peer.name = name
             self.open = True
             proto.send_welcome(
-                name=name, agent=f"telex/{__version__}", limits=self.server.limits.advertised()
+                name=name,
+                agent=f"telex/{__version__}",
+                limits=server.limits.advertised(),
+                stable_ids=server.store is not None,
             )
+            if server.store is not None:
+                if event.session is not None:
+                    self.max_stored = server.store.last_id(event.session)
+                self.deliver_outbox()
             log.info("%s: joined", self.describe())
             self.server.emit("joined", self.peer)
             if self.server.closing:

@@ -99,8 +99,8 @@ class TextConnection:
 
     # -- the answers, named as in protocol.Connection ------------------------------------
 
-    def send_ack(self, msg_id: int, reply: Body = b"") -> None:
-        self._out.append(answer_line(f"ack {msg_id}: ", reply))
+    def send_ack(self, msg_id: int, reply: Body = b"", reason: str = "") -> None:
+        self._out.append(answer_line(f"ack {msg_id}: ", reply or reason))
 
     def send_rejection(self, msg_id: int, status: int, reason: str) -> None:
         self._out.append(answer_line(f"rejected {msg_id}: ", reason))
