@@ -161,7 +161,7 @@ def test_usage_errors_exit_2() -> None:
 def test_connection_lost_with_messages_unacknowledged_exits_4() -> None:
     with serve("--quiet") as server:
         sender = subprocess.Popen(
-            [*TELEX, "send", server.address, "-"],
+            [*TELEX, "send", server.address, "-", "--retries", "2"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -178,7 +178,8 @@ def test_connection_lost_with_messages_unacknowledged_exits_4() -> None:
         _, err = sender.communicate(timeout=TIMEOUT)
     assert sender.returncode == 4
     assert "Traceback" not in err
-    assert "unacknowledged" in err
+    assert "gave up after 2 attempts to reconnect" in err
+    assert "1 messages unacknowledged" in err
 
 
 def test_serve_stops_cleanly_on_sigterm_and_sigint() -> None:
@@ -419,8 +420,8 @@ def test_send_to_a_client_that_is_not_there_is_not_delivered() -> None:
 
 def test_listen_exit_codes() -> None:
     one_clear_line(telex("listen", f"127.0.0.1:{closed_port()}"), 3, "connection refused")
-    with serve("--quiet") as server, listening(server.address) as listener:
-        server.process.kill()  # no goodbye: the connection is lost
+    with serve("--quiet") as server, listening(server.address, "--retries", "1") as listener:
+        server.process.kill()  # no goodbye: the connection is lost, and stays lost
         assert listener.wait(timeout=TIMEOUT) == 4
     with serve("--quiet") as server, listening(server.address) as listener:
         listener.send_signal(signal.SIGTERM)

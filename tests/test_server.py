@@ -206,7 +206,7 @@ async def test_graceful_shutdown_answers_everything_then_says_goodbye() -> None:
 
     server = Server(slow, port=0)
     await server.start()
-    client = await telex.connect("127.0.0.1", server.port)
+    client = await telex.connect("127.0.0.1", server.port, reconnect=False)
     futures = [client.send_nowait(str(i)) for i in range(300)]
     async with asyncio.timeout(TIMEOUT):
         await started.wait()

@@ -111,6 +111,6 @@ def test_chat_between_two_clients_and_reconnect(terminal: Terminal) -> None:
     terminal.wait_for("alice", "reconnecting (attempt")
     terminal.start("serve2", *TELEX, "serve", "--port", port)
     terminal.wait_for("alice", "-- reconnected")
-    terminal.type("alice", "back again")
-    terminal.wait_for("serve2", "alice #1 back again")
-    terminal.wait_for("alice", "✓ server acknowledged #1: received")
+    terminal.type("alice", "back again")  # the session numbers on: this is alice's #2
+    terminal.wait_for("serve2", "alice #2 back again")
+    terminal.wait_for("alice", "✓ server acknowledged #2: received")

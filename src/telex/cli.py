@@ -319,6 +319,13 @@ class AckPrinter:
     show_default=True,
     help="Seconds to wait for the connection and handshake.",
 )
+@click.option(
+    "--retries",
+    type=click.IntRange(0),
+    default=10,
+    show_default=True,
+    help="Reconnect attempts when a connection that was up drops (0: none).",
+)
 def send(
     address: tuple[str, int],
     messages: tuple[str, ...],
@@ -329,6 +336,7 @@ def send(
     window: int,
     timeout: float,
     connect_timeout: float,
+    retries: int,
 ) -> None:
     """Send each MESSAGE and print its acknowledgment.
 
@@ -366,6 +374,7 @@ def send(
                     window,
                     timeout,
                     connect_timeout,
+                    retries,
                 )
             )
     except ConnectError as exc:
@@ -390,8 +399,17 @@ async def _send(
     window: int,
     timeout: float,
     connect_timeout: float,
+    retries: int,
 ) -> int:
-    client = AsyncClient(host, port, name=name, timeout=timeout, connect_timeout=connect_timeout)
+    client = AsyncClient(
+        host,
+        port,
+        name=name,
+        timeout=timeout,
+        connect_timeout=connect_timeout,
+        reconnect=retries > 0,
+        retries=retries,
+    )
     await client.connect()
     show_progress = from_stdin and sys.stderr.isatty()
     each = not (show_progress and sys.stdout.isatty())  # a bar on a terminal replaces the lines
@@ -474,12 +492,20 @@ async def _send_text(
     show_default=True,
     help="Seconds to wait for the connection and handshake.",
 )
+@click.option(
+    "--retries",
+    type=click.IntRange(0),
+    default=30,
+    show_default=True,
+    help="Reconnect attempts when a connection that was up drops (0: none).",
+)
 def chat(
     address: tuple[str, int],
     name: str | None,
     as_json: bool,
     timeout: float,
     connect_timeout: float,
+    retries: int,
 ) -> None:
     """Talk with the server and, through it, other clients.
 
@@ -494,7 +520,13 @@ def chat(
     host, port = address
     out = Output(as_json)
     session = ChatSession(
-        host, port, out, name=name, timeout=timeout, connect_timeout=connect_timeout
+        host,
+        port,
+        out,
+        name=name,
+        timeout=timeout,
+        connect_timeout=connect_timeout,
+        retries=retries,
     )
     interactive = sys.stdin.isatty() and sys.stdout.isatty() and not as_json
     try:
@@ -517,28 +549,40 @@ def chat(
     show_default=True,
     help="Seconds to wait for the connection and handshake.",
 )
+@click.option(
+    "--retries",
+    type=click.IntRange(0),
+    default=10,
+    show_default=True,
+    help="Reconnect attempts when a connection that was up drops (0: none).",
+)
 def listen(
-    address: tuple[str, int], name: str | None, as_json: bool, connect_timeout: float
+    address: tuple[str, int],
+    name: str | None,
+    as_json: bool,
+    connect_timeout: float,
+    retries: int,
 ) -> None:
     """Print every message that arrives, and acknowledge each once it is printed.
 
-    Runs until the server says goodbye or Ctrl-C (or SIGTERM).
+    Runs until the server says goodbye or Ctrl-C (or SIGTERM). A connection that drops
+    is reconnected (--retries times at most).
 
     Exit codes: 0 the server said goodbye, or stopped by a signal; 3 cannot connect;
-    4 the connection was lost.
+    4 the connection was lost and could not be made again.
     """
     sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
     log_to_stderr(logging.WARNING)
     host, port = address
     try:
-        code = run(_listen(host, port, name, Output(as_json), connect_timeout))
+        code = run(_listen(host, port, name, Output(as_json), connect_timeout, retries))
     except ConnectError as exc:
         fail(f"cannot connect: {exc}", EXIT_CONNECT)
     sys.exit(code)
 
 
 async def _listen(
-    host: str, port: int, name: str | None, out: Output, connect_timeout: float
+    host: str, port: int, name: str | None, out: Output, connect_timeout: float, retries: int
 ) -> int:
     client = AsyncClient(
         host,
@@ -546,6 +590,10 @@ async def _listen(
         name=name,
         connect_timeout=connect_timeout,
         handler=lambda message: show_message(out, message),
+        reconnect=retries > 0,
+        retries=retries,
+        stay_after_goodbye=False,
+        on_state=lambda state: click.echo(f"telex: {state}", err=True),
     )
     stop = stop_on_signals()
     await client.connect()
@@ -559,7 +607,7 @@ async def _listen(
         return EXIT_OK
     if client.server_said_goodbye:
         return EXIT_OK
-    click.echo("telex: connection lost", err=True)
+    click.echo(f"telex: {client.failure_reason}", err=True)
     return EXIT_LOST
 
 

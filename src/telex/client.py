@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import socket
+import uuid
 from collections import deque
 from collections.abc import (
     AsyncIterable,
@@ -25,7 +26,7 @@ from collections.abc import (
 from typing import Any, cast
 
 from ._version import __version__
-from .events import Ack, Body, Goodbye, Message, PeerError, ProtocolViolation, Welcome
+from .events import Ack, Body, Goodbye, Message, PeerError, ProtocolViolation, Receipt, Welcome
 from .exceptions import (
     ConnectError,
     ConnectionClosed,
@@ -66,21 +67,17 @@ def connect_errors(host: str, port: int, timeout: float) -> Iterator[None]:
 
 
 class _ClientProtocol(asyncio.Protocol):
-    """Feeds the core and settles the future of each acknowledged message."""
+    """One connection: feeds its core and hands acks, receipts and messages to the client."""
 
-    def __init__(
-        self, conn: Connection, name: str | None, on_message: Callable[[Message], None]
-    ) -> None:
+    def __init__(self, client: AsyncClient, conn: Connection) -> None:
+        self.client = client
         self.conn = conn
-        self.name = name
-        self.on_message = on_message
-        self.refusal: PeerError | None = None  # an ERROR from the server during the handshake
         self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
         self.welcome: asyncio.Future[Welcome] = self.loop.create_future()
         self.closed: asyncio.Future[None] = self.loop.create_future()
-        self.pending: dict[int, asyncio.Future[Ack]] = {}
         self.failure: TelexError | None = None
+        self.refusal: PeerError | None = None  # an ERROR from the server during the handshake
         self.server_goodbye = False
         self.first_bytes = b""
         self.flush_scheduled = False
@@ -88,20 +85,22 @@ class _ClientProtocol(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
-        self.conn.initiate(name=self.name, agent=f"telex/{__version__}")
+        client = self.client
+        self.conn.initiate(name=client.name, agent=f"telex/{__version__}", session=client.session)
         self.flush()
 
     def data_received(self, data: bytes) -> None:
         if not self.welcome.done() and len(self.first_bytes) < 64:
             self.first_bytes += data[: 64 - len(self.first_bytes)]
-        pending = self.pending
+        client = self.client
         for event in self.conn.receive_data(data):
             if type(event) is Ack:
-                future = pending.pop(event.id, None)
-                if future is not None and not future.done():
-                    future.set_result(event)
+                client._on_ack(event)
             elif type(event) is Message:
-                self.on_message(event)
+                client._on_message(event, self.conn)
+            elif type(event) is Receipt:
+                if client.on_receipt is not None:
+                    client.on_receipt(event)
             elif type(event) is Welcome:
                 if not self.welcome.done():
                     self.welcome.set_result(event)
@@ -112,7 +111,7 @@ class _ClientProtocol(asyncio.Protocol):
                 if type(event) is PeerError and not self.welcome.done():
                     self.refusal = event
         self.flush()
-        if self.failure is not None or (self.server_goodbye and not pending):
+        if self.failure is not None or (self.server_goodbye and not client._pending):
             self.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -120,17 +119,14 @@ class _ClientProtocol(asyncio.Protocol):
             reason = "the server said goodbye" if self.server_goodbye else "connection lost"
             if exc is not None:
                 reason = f"connection lost: {exc}"
-            self.failure = ConnectionClosed(reason, len(self.pending))
-        for future in self.pending.values():
-            if not future.done():
-                future.set_exception(self.failure)
-        self.pending.clear()
+            self.failure = ConnectionClosed(reason)
         if not self.welcome.done():
             self.welcome.set_exception(self.failure)
         if self.can_write is not None and not self.can_write.done():
             self.can_write.set_result(None)
         if not self.closed.done():
             self.closed.set_result(None)
+        self.client._connection_lost(self)
 
     def pause_writing(self) -> None:
         self.can_write = self.loop.create_future()
@@ -158,7 +154,13 @@ class _ClientProtocol(asyncio.Protocol):
 
 
 class AsyncClient:
-    """A connected telex client; make one with ``connect()``."""
+    """A telex client; make one with ``connect()``.
+
+    Each client has a session (a random id unless given) and numbers its messages in
+    it. When a connection that was up drops, the client reconnects with backoff (up to
+    ``retries`` times), resends every message not yet acknowledged under its first id,
+    and the server acknowledges again, without storing twice, what it already had.
+    """
 
     def __init__(
         self,
@@ -170,38 +172,67 @@ class AsyncClient:
         connect_timeout: float = 10.0,
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
         handler: ClientHandler | None = None,
+        reconnect: bool = True,
+        retries: int = 10,
+        stay_after_goodbye: bool = True,
+        session: str | None = None,
+        on_state: Callable[[str], object] | None = None,
+        on_receipt: Callable[[Receipt], object] | None = None,
     ) -> None:
         self.host = host
         self.port = port
         self.name = name
-        self.handler = handler
-        self._handler_is_async = handler is not None and is_async(handler)
-        self._inbox: asyncio.Queue[Message | None] = asyncio.Queue()
-        self._work: deque[Message] = deque()  # for an async handler, in order
-        self._worker: asyncio.Task[None] | None = None
         self.timeout = timeout
         self.connect_timeout = connect_timeout
+        self.max_message_size = max_message_size
+        self.handler = handler
+        self.reconnect = reconnect
+        self.retries = retries
+        self.stay_after_goodbye = stay_after_goodbye
+        self.session = session or uuid.uuid4().hex
+        self.on_state = on_state
+        self.on_receipt = on_receipt
         self.server_limits: dict[str, Any] = {}
         self.server_agent = ""
+        self._handler_is_async = handler is not None and is_async(handler)
+        self._inbox: asyncio.Queue[Message | None] = asyncio.Queue()
+        self._work: deque[tuple[Message, Connection]] = deque()  # for an async handler
+        self._worker: asyncio.Task[None] | None = None
         self._conn = Connection(Role.CLIENT, max_message_size=max_message_size)
         self._protocol: _ClientProtocol | None = None
+        self._next_id = 1
+        self._pending: dict[int, asyncio.Future[Ack]] = {}
+        self._unacked: dict[int, tuple[Body, str | None]] = {}  # to resend, in order
+        self._failure: TelexError | None = None  # the end, for good
+        self._closing = False
+        self._done: asyncio.Future[None] | None = None
+        self._reconnecting: asyncio.Task[None] | None = None
+        self._stable_ids = False
+        self._last_delivered = 0  # the highest id of a server message acknowledged
 
     @property
     def address(self) -> str:
         return f"{self.host}:{self.port}"
 
     async def connect(self) -> AsyncClient:
-        """Open the connection and finish the handshake, or raise ``ConnectError``."""
+        """Open the connection and finish the handshake, or raise ``ConnectError``.
+
+        A first connection that fails is an error at once: only a connection that was
+        up is retried.
+        """
+        self._done = asyncio.get_running_loop().create_future()
+        await self._open()
+        return self
+
+    async def _open(self) -> None:
         loop = asyncio.get_running_loop()
         where = self.address
+        conn = Connection(Role.CLIENT, max_message_size=self.max_message_size)
         with connect_errors(self.host, self.port, self.connect_timeout):
             async with asyncio.timeout(self.connect_timeout):
                 _, protocol = await loop.create_connection(
-                    lambda: _ClientProtocol(self._conn, self.name, self._on_message),
-                    self.host,
-                    self.port,
+                    lambda: _ClientProtocol(self, conn), self.host, self.port
                 )
-        self._protocol = protocol
         try:
             async with asyncio.timeout(self.connect_timeout):
                 welcome = await protocol.welcome
@@ -225,56 +256,123 @@ class AsyncClient:
                 f"{where} closed the connection during the handshake "
                 "(is it at its connection limit, or not a telex server?)"
             ) from exc
+        self._conn = conn
+        self._protocol = protocol
         self.server_limits = welcome.limits
         self.server_agent = welcome.agent
         self.name = welcome.name or self.name
-        protocol.closed.add_done_callback(lambda _: self._inbox.put_nowait(None))
-        return self
+        self._stable_ids = welcome.stable_ids
+        for msg_id, (body, to) in self._unacked.items():  # resend, in order, under their ids
+            conn.send_message(body, name=to, msg_id=msg_id)
+        protocol.flush()
+
+    def _connection_lost(self, protocol: _ClientProtocol) -> None:
+        if protocol is not self._protocol:
+            return
+        failure = protocol.failure
+        assert failure is not None
+        gone_for_good = protocol.server_goodbye and not self.stay_after_goodbye
+        if (
+            self._closing
+            or not self.reconnect
+            or isinstance(failure, ProtocolError)
+            or (gone_for_good and not self._pending)
+        ):
+            if isinstance(failure, ConnectionClosed):
+                failure = ConnectionClosed(failure.reason, len(self._pending))
+            self._finish(failure)
+            return
+        why = "the server said goodbye" if protocol.server_goodbye else "connection lost"
+        self._reconnecting = asyncio.create_task(self._reconnect(why))
+
+    async def _reconnect(self, why: str) -> None:
+        """Reconnect with backoff; on success resend, on the last failure give up."""
+        delay = 0.1
+        error: Exception | None = None
+        for attempt in range(1, self.retries + 1):
+            self._state(f"{why}: reconnecting (attempt {attempt} of {self.retries})")
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+            if self._closing:
+                return
+            try:
+                await self._open()
+            except ConnectError as exc:
+                error = exc
+                continue
+            self._state("connected")
+            return
+        detail = f": {error}" if error is not None else ""
+        reason = f"{why}; gave up after {self.retries} attempts to reconnect{detail}"
+        self._state("gave up")
+        self._finish(ConnectionClosed(reason, len(self._pending)))
+
+    def _state(self, state: str) -> None:
+        if self.on_state is not None:
+            self.on_state(state)
+
+    def _finish(self, failure: TelexError) -> None:
+        """The end, for good: fail what waits, end the inbox."""
+        self._failure = failure
+        pending, self._pending = self._pending, {}
+        self._unacked.clear()
+        for future in pending.values():
+            if not future.done():
+                future.set_exception(failure)
+        self._inbox.put_nowait(None)
+        if self._done is not None and not self._done.done():
+            self._done.set_result(None)
 
     # -- receiving --------------------------------------------------------------------
 
-    def _on_message(self, message: Message) -> None:
+    def _on_message(self, message: Message, conn: Connection) -> None:
         """Answer a message from the server: through the handler, or into the inbox."""
+        if self._stable_ids and message.id <= self._last_delivered:
+            conn.send_ack(message.id)  # sent again after a reconnect: taken already
+            return
         handler = self.handler
         if handler is None:
             self._inbox.put_nowait(message)
-            self._conn.send_ack(message.id)  # received: it waits in this process's inbox
+            self._acknowledge(conn, message.id, b"")  # it waits in this process's inbox
             if self._inbox.qsize() > INBOX_HIGH:
                 self._pause()
         elif self._handler_is_async:
-            self._work.append(message)
+            self._work.append((message, conn))
             if self._worker is None:
                 self._worker = asyncio.create_task(self._run_async_handler())
             if len(self._work) > INBOX_HIGH:
                 self._pause()
         else:
-            self._answer(message, cast(Callable[[Message], Reply], handler))
+            try:
+                reply = cast(Callable[[Message], Reply], handler)(message)
+            except Exception as exc:
+                self._handler_failed(conn, message, exc)
+            else:
+                self._acknowledge(conn, message.id, reply)
 
-    def _answer(self, message: Message, handler: Callable[[Message], Reply]) -> None:
-        try:
-            reply = handler(message)
-        except Exception as exc:
-            if not isinstance(exc, Reject):
-                log.error("handler failed on message %d", message.id, exc_info=exc)
-            self._conn.send_rejection(message.id, *rejection_for(exc))
-        else:
-            self._conn.send_ack(message.id, b"" if reply is None else reply)
+    def _acknowledge(self, conn: Connection, msg_id: int, reply: Reply) -> None:
+        conn.send_ack(msg_id, b"" if reply is None else reply)
+        if self._stable_ids and msg_id > self._last_delivered:
+            self._last_delivered = msg_id
+
+    def _handler_failed(self, conn: Connection, message: Message, exc: Exception) -> None:
+        if not isinstance(exc, Reject):
+            log.error("handler failed on message %d", message.id, exc_info=exc)
+        conn.send_rejection(message.id, *rejection_for(exc))
 
     async def _run_async_handler(self) -> None:
         handler = cast(Callable[[Message], Awaitable[Reply]], self.handler)
         try:
             while self._work:
-                message = self._work.popleft()
+                message, conn = self._work.popleft()
                 try:
                     reply = await handler(message)
                 except Exception as exc:
-                    if not isinstance(exc, Reject):
-                        log.error("handler failed on message %d", message.id, exc_info=exc)
-                    self._conn.send_rejection(message.id, *rejection_for(exc))
+                    self._handler_failed(conn, message, exc)
                 else:
-                    self._conn.send_ack(message.id, b"" if reply is None else reply)
-                if self._protocol is not None:
-                    self._protocol.schedule_flush()
+                    self._acknowledge(conn, message.id, reply)
+                if self._protocol is not None and conn is self._conn:
+                    self._protocol.schedule_flush()  # else it went with its connection
                 if len(self._work) < INBOX_LOW:
                     self._resume()
         finally:
@@ -320,32 +418,39 @@ class AsyncClient:
 
     # -- sending ----------------------------------------------------------------------
 
-    def _live(self) -> _ClientProtocol:
-        protocol = self._protocol
-        if protocol is None:
-            raise RuntimeError("the client is not connected; use 'async with telex.connect(...)'")
-        if protocol.failure is not None:
-            raise protocol.failure
-        if protocol.server_goodbye:
-            raise ConnectionClosed("the server is shutting down", len(protocol.pending))
-        return protocol
-
     @property
     def next_id(self) -> int:
         """The id the next message sent will have."""
-        return self._conn.next_id
+        return self._next_id
+
+    def _on_ack(self, ack: Ack) -> None:
+        future = self._pending.pop(ack.id, None)
+        self._unacked.pop(ack.id, None)
+        if future is not None and not future.done():
+            future.set_result(ack)
 
     def send_nowait(self, body: Body, *, to: str | None = None) -> asyncio.Future[Ack]:
         """Queue a message and return a future of its acknowledgment (rejections included).
 
         ``to`` names another client: the server forwards the message, and the ack is that
-        client's own (or a rejection saying why it was not delivered).
+        client's own (or, from a server with a store, that it is stored for that client).
+        While the client is reconnecting, the message waits and goes out on reconnection.
         """
-        protocol = self._live()
-        msg_id = self._conn.send_message(body, name=to)
-        future: asyncio.Future[Ack] = protocol.loop.create_future()
-        protocol.pending[msg_id] = future
-        protocol.schedule_flush()
+        if self._failure is not None:
+            raise self._failure
+        if self._done is None or self._closing:
+            raise RuntimeError("the client is not connected; use 'async with telex.connect(...)'")
+        if not isinstance(body, str | bytes | bytearray | memoryview):
+            raise TypeError(f"a message body is str or bytes, not {type(body).__name__}")
+        msg_id = self._next_id
+        self._next_id = msg_id + 1
+        future: asyncio.Future[Ack] = asyncio.get_running_loop().create_future()
+        self._pending[msg_id] = future
+        self._unacked[msg_id] = (body, to)
+        protocol = self._protocol
+        if protocol is not None and not protocol.closed.done():
+            self._conn.send_message(body, name=to, msg_id=msg_id)
+            protocol.schedule_flush()
         return future
 
     async def send(self, body: Body, *, to: str | None = None, timeout: float | None = None) -> Ack:
@@ -415,35 +520,43 @@ class AsyncClient:
         return self._protocol is not None and not self._protocol.closed.done()
 
     async def wait_closed(self) -> None:
-        """Return once the connection has ended, for whatever reason."""
-        if self._protocol is not None:
-            await asyncio.shield(self._protocol.closed)
+        """Return once the client is done for good: closed, or gave up reconnecting."""
+        if self._done is not None:
+            await asyncio.shield(self._done)
 
     @property
     def unacknowledged(self) -> int:
-        return 0 if self._protocol is None else len(self._protocol.pending)
+        return len(self._pending)
+
+    @property
+    def failure_reason(self) -> str:
+        """Why the client ended, if it has."""
+        return "" if self._failure is None else str(self._failure)
 
     # -- closing ----------------------------------------------------------------------
 
     async def close(self) -> None:
         """Wait (within the timeout) for outstanding acks, say goodbye, close."""
-        protocol = self._protocol
-        if protocol is None:
-            return
-        if protocol.pending and protocol.failure is None:
-            waiting = list(protocol.pending.values())
+        if self._pending and self._failure is None:
+            waiting = list(self._pending.values())
             await asyncio.wait(waiting, timeout=self.timeout)
             for future in waiting:
                 if future.done() and not future.cancelled():
                     future.exception()
-        self._conn.send_goodbye("client closing")
-        protocol.close()
-        try:
-            async with asyncio.timeout(self.timeout):
-                await protocol.closed
-        except TimeoutError:
-            if protocol.transport is not None:
-                protocol.transport.abort()
+        self._closing = True
+        if self._reconnecting is not None:
+            self._reconnecting.cancel()
+        protocol = self._protocol
+        if protocol is not None and not protocol.closed.done():
+            self._conn.send_goodbye("client closing")
+            protocol.close()
+            try:
+                async with asyncio.timeout(self.timeout):
+                    await protocol.closed
+            except TimeoutError:
+                if protocol.transport is not None:
+                    protocol.transport.abort()
+        self._finish(self._failure or ConnectionClosed("the client closed", len(self._pending)))
 
     async def __aenter__(self) -> AsyncClient:
         if self._protocol is None:

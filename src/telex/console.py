@@ -21,8 +21,7 @@ from typing import Any
 import click
 
 from .client import AsyncClient
-from .events import Ack, Body, Message
-from .exceptions import ConnectError
+from .events import Ack, Body, Message, Receipt
 from .render import body_fields, printable
 from .server import Peer, PeerEvent, Server, default_handler
 from .textmode import text_body
@@ -279,7 +278,8 @@ def show_message(out: Output, message: Message) -> None:
 
 
 class ChatSession:
-    """``telex chat``: send what is typed, show acks and what arrives, reconnect when dropped."""
+    """``telex chat``: send what is typed, show acks and what arrives; the client reconnects
+    by itself when the connection drops, and the status line follows it."""
 
     def __init__(
         self,
@@ -292,73 +292,58 @@ class ChatSession:
         connect_timeout: float,
         retries: int = 30,
     ) -> None:
-        self.host, self.port, self.out, self.name = host, port, out, name
-        self.timeout = timeout
-        self.connect_timeout = connect_timeout
-        self.retries = retries
-        self.client: AsyncClient | None = None
+        self.host, self.port, self.out = host, port, out
         self.state = "connecting"
         self.connected = asyncio.Event()
         self.gave_up = asyncio.Event()
-        self.quitting = False
-        self.watcher: asyncio.Task[None] | None = None
+        self.client = AsyncClient(
+            host,
+            port,
+            name=name,
+            handler=lambda message: show_message(out, message),
+            timeout=timeout,
+            connect_timeout=connect_timeout,
+            reconnect=retries > 0,
+            retries=retries,
+            on_state=self._on_state,
+            on_receipt=self._on_receipt,
+        )
 
     def status(self) -> str:
-        return f" {self.name or '?'} @ {self.host}:{self.port} · {self.state} · /help"
+        return f" {self.client.name or '?'} @ {self.host}:{self.port} · {self.state} · /help"
 
-    async def _connect(self) -> AsyncClient:
-        client = AsyncClient(
-            self.host,
-            self.port,
-            name=self.name,
-            handler=lambda message: show_message(self.out, message),
-            timeout=self.timeout,
-            connect_timeout=self.connect_timeout,
-        )
-        await client.connect()
-        self.name = client.name  # a reconnect keeps the name, a given guest name too
-        return client
+    def _on_state(self, state: str) -> None:
+        """The client's reconnecting, said once on a line and kept on the status line."""
+        if state.endswith("(attempt 1 of " + str(self.client.retries) + ")"):
+            self.out.line(f"-- {state.split(':')[0]}; reconnecting", fg="yellow")
+            self.out.record("disconnected", reason=state.split(":")[0])
+        if state == "connected":
+            self.out.line("-- reconnected", fg="green")
+            self.out.record("reconnected")
+            self.connected.set()
+        elif state == "gave up":
+            self.out.line(f"-- gave up after {self.client.retries} attempts to reconnect", fg="red")
+            self.gave_up.set()
+        else:
+            self.connected.clear()
+        self.state = state
+
+    def _on_receipt(self, receipt: Receipt) -> None:
+        if receipt.ok:
+            reply = f": {printable(receipt.reply)}" if receipt.reply else ""
+            self.out.line(f"  ✓✓ #{receipt.id} delivered{reply}", fg="green")
+        else:
+            self.out.line(f"  ✗ #{receipt.id} not delivered: {receipt.reason}", fg="red")
+        self.out.record("receipt", id=receipt.id, status="ok" if receipt.ok else "rejected",
+                        reason=receipt.reason, **body_fields(receipt.reply, "reply"))  # fmt: skip
 
     async def start(self) -> None:
         """Connect for the first time; a failure here is the caller's (no retry)."""
-        self.client = await self._connect()
+        await self.client.connect()
         self.state = "connected"
         self.connected.set()
-        self.watcher = asyncio.create_task(self._watch())
 
-    async def _watch(self) -> None:
-        """When the connection drops, say so and reconnect with backoff, up to a limit."""
-        while self.client is not None:
-            await self.client.wait_closed()
-            if self.quitting:
-                return
-            self.connected.clear()
-            why = (
-                "the server said goodbye" if self.client.server_said_goodbye else "connection lost"
-            )
-            self.out.line(f"-- {why}; reconnecting", fg="yellow")
-            self.out.record("disconnected", reason=why)
-            delay = 0.2
-            for attempt in range(1, self.retries + 1):
-                self.state = f"{why}: reconnecting (attempt {attempt} of {self.retries})"
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
-                try:
-                    self.client = await self._connect()
-                    break
-                except ConnectError:
-                    continue
-            else:
-                self.state = "disconnected"
-                self.out.line(f"-- gave up after {self.retries} attempts to reconnect", fg="red")
-                self.gave_up.set()
-                return
-            self.state = "connected"
-            self.connected.set()
-            self.out.line("-- reconnected", fg="green")
-            self.out.record("reconnected")
-
-    async def on_line(self, line: str, *, wait: bool = False) -> bool:
+    async def on_line(self, line: str) -> bool:
         command = parse_command(line)
         if command is None:
             return True
@@ -370,23 +355,14 @@ class ChatSession:
         if command.kind != "send":
             self.out.line(f"unknown command {command.text!r}; /help lists them", fg="yellow")
             return True
-        if not self.connected.is_set():
-            if not wait:
-                self.out.line("not connected: not sent (reconnecting…)", fg="red")
-                return True
-            await asyncio.wait(
-                [asyncio.ensure_future(self.connected.wait()),
-                 asyncio.ensure_future(self.gave_up.wait())],
-                return_when=asyncio.FIRST_COMPLETED,
-            )  # fmt: skip
-            if self.gave_up.is_set():
-                return False
-        assert self.client is not None
+        if self.gave_up.is_set():
+            return False
         msg_id = self.client.next_id
         who = command.to or "server"
         future = self.client.send_nowait(command.text, to=command.to)
         arrow = f" → @{command.to}" if command.to else ""
-        self.out.line(f"you #{msg_id}{arrow}: {command.text}", dim=True)
+        waiting = "" if self.connected.is_set() else " (waits for the reconnection)"
+        self.out.line(f"you #{msg_id}{arrow}: {command.text}{waiting}", dim=True)
         self.out.record("sent", id=msg_id, to=command.to, text=command.text)
         future.add_done_callback(lambda done: self._acknowledged(done, who, msg_id))
         return True
@@ -401,13 +377,6 @@ class ChatSession:
             self.out.line(f"  ✗ #{msg_id} not acknowledged: {error}", fg="red")
             self.out.record("ack", id=msg_id, status="unacknowledged", reason=str(error))
 
-    async def close(self) -> None:
-        self.quitting = True
-        if self.watcher is not None:
-            self.watcher.cancel()
-        if self.client is not None:
-            await self.client.close()
-
     async def run(self, interactive: bool) -> int:
         """Until /quit, Ctrl-D or the end of stdin; 0, or 4 if reconnecting failed."""
         await self.start()
@@ -420,7 +389,7 @@ class ChatSession:
         else:
             async for line in read_lines():
                 text = line if isinstance(line, str) else line.decode("utf-8", "replace")
-                if not await self.on_line(text, wait=True):
+                if not await self.on_line(text):
                     break
-        await self.close()
+        await self.client.close()
         return 4 if self.gave_up.is_set() else 0
