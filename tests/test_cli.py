@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -60,8 +61,15 @@ class Serve:
         return self.process.returncode, out
 
 
+def temp_db() -> str:
+    """A store of its own for each server a test starts (removed with the test run)."""
+    return os.path.join(tempfile.mkdtemp(prefix="telex-test-"), "telex.db")
+
+
 @contextmanager
 def serve(*options: str) -> Iterator[Serve]:
+    if "--db" not in options and "--no-store" not in options:
+        options = ("--db", temp_db(), *options)
     process = subprocess.Popen(
         [*TELEX, "serve", "--port", "0", "--json", *options],
         stdin=subprocess.DEVNULL,
@@ -193,7 +201,7 @@ def test_serve_stops_cleanly_on_sigterm_and_sigint() -> None:
 
 def test_serve_on_a_busy_port_is_one_line_and_exit_3() -> None:
     with serve() as server:
-        result = telex("serve", "--port", str(server.port))
+        result = telex("serve", "--port", str(server.port), "--db", temp_db())
     one_clear_line(result, 3, "cannot listen")
 
 
@@ -401,7 +409,14 @@ def test_send_to_a_listening_client_with_json() -> None:
         result = telex("send", server.address, "--to", "bot", "--json", "deploy done")
         assert result.returncode == 0, result.stderr
         assert records(result.stdout) == [
-            {"id": 1, "status": "ok", "to": "bot", "reply_base64": "", "bytes": 11}
+            {
+                "id": 1,
+                "status": "ok",
+                "to": "bot",
+                "reply_base64": "",
+                "bytes": 11,
+                "note": "stored for bot",
+            }
         ]
         assert bot.stdout is not None
         message = json.loads(read_line(bot.stdout))
@@ -411,11 +426,15 @@ def test_send_to_a_listening_client_with_json() -> None:
         assert bot.wait(timeout=TIMEOUT) == 0
 
 
-def test_send_to_a_client_that_is_not_there_is_not_delivered() -> None:
-    with serve("--quiet") as server:
+def test_send_to_a_client_that_is_not_there() -> None:
+    with serve("--quiet", "--no-store") as server:  # nowhere to keep it: not delivered
         result = telex("send", server.address, "--to", "nobody", "hello?")
     assert result.returncode == 1
     assert result.stdout == "rejected 1: no client named 'nobody' is connected\n"
+    with serve("--quiet") as server:  # kept for when it connects
+        result = telex("send", server.address, "--to", "nobody", "hello?")
+    assert result.returncode == 0
+    assert result.stdout == "ack 1: stored for nobody, who is not connected (6 bytes)\n"
 
 
 def test_listen_exit_codes() -> None:
@@ -430,7 +449,7 @@ def test_listen_exit_codes() -> None:
 
 def test_the_serve_console_reads_stdin_without_a_terminal() -> None:
     process = subprocess.Popen(
-        [*TELEX, "serve", "--port", "0", "--json"],
+        [*TELEX, "serve", "--port", "0", "--json", "--db", temp_db()],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

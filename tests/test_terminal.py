@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import pytest
 
 from .conftest import TIMEOUT
-from .test_cli import closed_port, need
+from .test_cli import closed_port, need, temp_db
 
 
 class Terminal:
@@ -68,7 +68,7 @@ TELEX = [sys.executable, "-m", "telex"]
 
 def test_serve_and_chat_talk_both_ways(terminal: Terminal) -> None:
     port = str(closed_port())
-    terminal.start("serve", *TELEX, "serve", "--port", port)
+    terminal.start("serve", *TELEX, "serve", "--port", port, "--db", temp_db())
     terminal.wait_for("serve", f"listening on 127.0.0.1:{port}")
     terminal.start("chat", *TELEX, "chat", f"127.0.0.1:{port}", "--name", "alice")
     terminal.wait_for("serve", "alice joined")
@@ -80,7 +80,7 @@ def test_serve_and_chat_talk_both_ways(terminal: Terminal) -> None:
 
     terminal.type("serve", "@alice the build is green")
     terminal.wait_for("chat", "[server] the build is green")
-    terminal.wait_for("serve", "✓ alice acknowledged #1")
+    terminal.wait_for("serve", "✓ alice acknowledged #")  # numbered as stored
 
     terminal.type("serve", "everyone: lunch")
     terminal.wait_for("chat", "[server] everyone: lunch")
@@ -96,7 +96,8 @@ def test_serve_and_chat_talk_both_ways(terminal: Terminal) -> None:
 
 def test_chat_between_two_clients_and_reconnect(terminal: Terminal) -> None:
     port = str(closed_port())
-    terminal.start("serve", *TELEX, "serve", "--port", port)
+    db = temp_db()
+    terminal.start("serve", *TELEX, "serve", "--port", port, "--db", db)
     terminal.wait_for("serve", "listening")
     terminal.start("alice", *TELEX, "chat", f"127.0.0.1:{port}", "--name", "alice")
     terminal.start("bob", *TELEX, "chat", f"127.0.0.1:{port}", "--name", "bob")
@@ -109,7 +110,7 @@ def test_chat_between_two_clients_and_reconnect(terminal: Terminal) -> None:
 
     terminal.type("serve", "/quit")  # the server goes away; alice sees it and retries
     terminal.wait_for("alice", "reconnecting (attempt")
-    terminal.start("serve2", *TELEX, "serve", "--port", port)
+    terminal.start("serve2", *TELEX, "serve", "--port", port, "--db", db)
     terminal.wait_for("alice", "-- reconnected")
     terminal.type("alice", "back again")  # the session numbers on: this is alice's #2
     terminal.wait_for("serve2", "alice #2 back again")

@@ -25,9 +25,7 @@ async def test_the_server_sends_and_the_client_acknowledges(server: Server) -> N
 
 
 async def test_async_for_receives_until_the_server_goes(server: Server) -> None:
-    async with telex.connect(
-        "127.0.0.1", server.port, name="bob", stay_after_goodbye=False
-    ) as bob:
+    async with telex.connect("127.0.0.1", server.port, name="bob", stay_after_goodbye=False) as bob:
         for text in ("one", "two", "three"):
             await server.send("bob", text)
         await server.close()

@@ -13,11 +13,14 @@ import json
 import logging
 import os
 import signal
+import sqlite3
 import sys
 from collections.abc import AsyncIterator, Coroutine
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
+import platformdirs
 
 from ._version import __version__
 from .client import AsyncClient
@@ -36,6 +39,7 @@ from .exceptions import ConnectError, ConnectionClosed, TelexError
 from .limits import Limits
 from .render import body_fields, printable
 from .server import DEFAULT_PORT, TEXT_PAUSE, Peer, Server, default_handler
+from .store import SYNC_LEVELS, Store, StoreError
 from .textclient import TextClient
 
 __all__ = ["main"]
@@ -81,6 +85,11 @@ class Address(click.ParamType):  # type: ignore[type-arg]
             return parse_address(str(value))
         except click.BadParameter as exc:
             self.fail(exc.message, param, ctx)
+
+
+def default_db() -> Path:
+    """telex.db in the user's data directory, so telex log finds it from anywhere."""
+    return Path(platformdirs.user_data_dir("telex")) / "telex.db"
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -165,19 +174,57 @@ def limit_options(function: Any) -> Any:
     show_default=True,
     help="Seconds after which a text peer's unfinished line is a message.",
 )
+@click.option(
+    "--db",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help=f"The message store (default: {default_db()}).",
+)
+@click.option(
+    "--sync",
+    type=click.Choice(sorted(SYNC_LEVELS)),
+    default="normal",
+    show_default=True,
+    help="normal: a stored message survives a crash of the server; full: a power loss too.",
+)
+@click.option(
+    "--no-store",
+    is_flag=True,
+    help="Pure relaying: store nothing. An ack then means the handler ran, and no more: "
+    "nothing survives a restart, resent messages are not recognised, and messages for "
+    "clients that are away are refused.",
+)
 @limit_options
 def serve(
-    host: str, port: int, as_json: bool, quiet: bool, text_pause: float, **limits: Any
+    host: str,
+    port: int,
+    as_json: bool,
+    quiet: bool,
+    text_pause: float,
+    db: Path | None,
+    sync: str,
+    no_store: bool,
+    **limits: Any,
 ) -> None:
     """Accept connections and acknowledge every message.
 
-    Plain-text peers (netcat, telnet, socat) may connect too: each line they send is a
-    message and gets one answer line. Ctrl-C (or SIGTERM) stops the server cleanly: it
-    answers what already arrived and says goodbye to every client.
+    Every message is stored in a SQLite file before it is acknowledged, so that no
+    acknowledged message is lost if the server crashes; messages for clients that are
+    away wait there until they come back. Plain-text peers (netcat, telnet, socat) may
+    connect too: each line they send is a message and gets one answer line. Ctrl-C (or
+    SIGTERM) stops the server cleanly: it answers what already arrived and says goodbye
+    to every client.
     """
     sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
     log_to_stderr(logging.WARNING)  # joins and leaves are printed as events instead
     out = Output(as_json)
+    store = None
+    if not no_store:
+        path = db or default_db()
+        try:
+            store = Store(path, sync=sync)
+        except (StoreError, sqlite3.Error, OSError) as exc:
+            fail(f"cannot open the store {path}: {exc}", EXIT_CONNECT)
     server = Server(
         default_handler if quiet else MessagePrinter(out),
         host=host,
@@ -185,12 +232,16 @@ def serve(
         limits=Limits(**limits),
         text_pause=text_pause,
         on_event=None if quiet else PeerEventPrinter(out),
+        store=store,
     )
     interactive = sys.stdin.isatty() and sys.stdout.isatty() and not as_json
     try:
         run(_serve(server, out, interactive))
     except OSError as exc:
         fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}", EXIT_CONNECT)
+    finally:
+        if store is not None:
+            store.close()
 
 
 def stop_on_signals() -> asyncio.Event:
@@ -211,8 +262,10 @@ def log_to_stderr(level: int) -> None:
 async def _serve(server: Server, out: Output, interactive: bool) -> None:
     stop = stop_on_signals()  # before the port is printed: a signal may follow at once
     await server.start()
-    out.record("listening", host=server.host, port=server.port)
+    where = "nowhere (--no-store)" if server.store is None else str(server.store.path)
+    out.record("listening", host=server.host, port=server.port, store=where)
     out.line(f"telex {__version__} listening on {server.host}:{server.port} (Ctrl-C to stop)")
+    out.line(f"messages stored in {where}", dim=True)
     console = asyncio.create_task(ServerConsole(server, out, stop).run(interactive))
     await stop.wait()
     console.cancel()
@@ -271,6 +324,8 @@ class AckPrinter:
                 record["to"] = self.to
             if ack.ok:
                 record.update(body_fields(ack.reply, "reply"), bytes=size)
+                if ack.reason:
+                    record["note"] = ack.reason
             else:
                 record.update(code=ack.status, reason=ack.reason)
             return json.dumps(record) + "\n"
@@ -279,7 +334,8 @@ class AckPrinter:
         if self.to is None:
             return f"ack {ack.id}: {printable(ack.reply)} ({size} bytes)\n"
         reply = f": {printable(ack.reply)}" if ack.reply else ""
-        return f"ack {ack.id}: delivered to {self.to}{reply} ({size} bytes)\n"
+        what = ack.reason or f"delivered to {self.to}"  # a server with a store says "stored"
+        return f"ack {ack.id}: {what}{reply} ({size} bytes)\n"
 
 
 @main.command()

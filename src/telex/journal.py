@@ -29,6 +29,8 @@ class Answerable(Protocol):
 
     def ack(self, msg_id: int, reply: Any) -> None: ...
 
+    def reject(self, msg_id: int, status: int, reason: str, *, now: bool = ...) -> None: ...
+
     def reject_unstored(self, msg_id: int, reason: str) -> None: ...
 
     def flush(self) -> None: ...
@@ -41,7 +43,8 @@ class Journal:
         self.store = store
         self.next_seq = store.next_seq()
         self._rows: list[Row] = []
-        self._acks: list[tuple[Answerable, int, Any]] = []  # (connection, id, reply)
+        # (connection, id, reply, status, reason): status 0 acknowledges once stored
+        self._acks: list[tuple[Answerable, int, Any, int, str]] = []
         self._later: list[tuple[Callable[[], None], Callable[[str], None]]] = []
         self._delivered: list[tuple[float, int]] = []
         self._scheduled = False
@@ -59,7 +62,12 @@ class Journal:
         """Store ``row`` (None: it is stored already, a resend), then ack ``msg_id``."""
         if row is not None:
             self._rows.append(row)
-        self._acks.append((conn, msg_id, reply))
+        self._acks.append((conn, msg_id, reply, 0, ""))
+        self._schedule()
+
+    def reject(self, conn: Answerable, msg_id: int, status: int, reason: str) -> None:
+        """Reject ``msg_id`` in its turn, so a connection's answers keep their order."""
+        self._acks.append((conn, msg_id, None, status, reason))
         self._schedule()
 
     def then(
@@ -98,17 +106,23 @@ class Journal:
             if reason != self.last_error:
                 log.error("store: %s: nothing is acknowledged until it can write again", exc)
                 self.last_error = reason
-            for conn, msg_id, _ in acks:
-                conn.reject_unstored(msg_id, reason)
+            for conn, msg_id, _, status, why in acks:
+                if status:
+                    conn.reject(msg_id, status, why, now=True)
+                else:
+                    conn.reject_unstored(msg_id, reason)
             for _, failed in later:
                 failed(reason)
         else:
             self.last_error = ""
-            for conn, msg_id, reply in acks:
+            for conn, msg_id, reply, status, why in acks:
+                if status:
+                    conn.reject(msg_id, status, why, now=True)
+                    continue
                 conn.ack(msg_id, reply)
                 if msg_id > conn.max_stored:
                     conn.max_stored = msg_id
             for stored, _ in later:
                 stored()
-        for conn in {conn for conn, _, _ in acks}:
+        for conn in {entry[0] for entry in acks}:
             conn.flush()

@@ -532,6 +532,16 @@ class _PeerProtocol(asyncio.Protocol):
             self.proto.send_ack(msg_id, reply)
             self.server.counts["accepted"] += 1
 
+    def reject(self, msg_id: int, status: int, reason: str, *, now: bool = False) -> None:
+        """Reject ``msg_id``; with a store, after the messages before it are answered."""
+        journal = self.server.journal
+        if journal is not None and not now:
+            journal.reject(self, msg_id, status, reason)
+            return
+        if self.proto is not None:
+            self.proto.send_rejection(msg_id, status, reason)
+            self.server.counts["rejected"] += 1
+
     def reject_unstored(self, msg_id: int, reason: str) -> None:
         """The journal could not store message ``msg_id``: say so, never acknowledge it."""
         if self.proto is not None:
@@ -583,16 +593,13 @@ class _PeerProtocol(asyncio.Protocol):
     def _handler_failed(
         self, proto: Connection | TextConnection, event: Message, exc: Exception
     ) -> None:
-        self.server.counts["rejected"] += 1
         if not isinstance(exc, Reject):
             log.error("%s: handler failed on message %d", self.describe(), event.id, exc_info=exc)
-        proto.send_rejection(event.id, *rejection_for(exc))
+        self.reject(event.id, *rejection_for(exc))
 
     def _too_large(self, proto: Connection | TextConnection | None, event: MessageTooLarge) -> None:
-        assert proto is not None
-        self.server.counts["rejected"] += 1
         log.warning("%s: message %d rejected: %s", self.describe(), event.id, event.reason)
-        proto.send_rejection(event.id, AckStatus.TOO_LARGE, event.reason)
+        self.reject(event.id, AckStatus.TOO_LARGE, event.reason)
 
     def _route(self, event: Message) -> None:
         """A message for another client: forward it; its ack answers the sender.
