@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 
@@ -35,3 +35,10 @@ async def read_until_closed(reader: asyncio.StreamReader) -> bytes:
 def parse_from_server(data: bytes) -> list[Event]:
     """What a client would make of the server's bytes (preamble included)."""
     return Connection(Role.CLIENT).receive_data(data)
+
+
+async def wait_until(condition: Callable[[], object], what: str = "the condition") -> None:
+    """Poll ``condition`` until it holds, for state no event announces; fail after TIMEOUT."""
+    async with asyncio.timeout(TIMEOUT):
+        while not condition():  # noqa: ASYNC110 - the state polled has no event to wait on
+            await asyncio.sleep(0.005)

@@ -174,6 +174,7 @@ class AsyncClient:
         handler: ClientHandler | None = None,
         reconnect: bool = True,
         retries: int = 10,
+        reconnect_delay: float = 0.1,
         stay_after_goodbye: bool = True,
         session: str | None = None,
         on_state: Callable[[str], object] | None = None,
@@ -188,6 +189,7 @@ class AsyncClient:
         self.handler = handler
         self.reconnect = reconnect
         self.retries = retries
+        self.reconnect_delay = reconnect_delay  # the first wait; it doubles up to 5 s
         self.stay_after_goodbye = stay_after_goodbye
         self.session = session or uuid.uuid4().hex
         self.on_state = on_state
@@ -287,7 +289,7 @@ class AsyncClient:
 
     async def _reconnect(self, why: str) -> None:
         """Reconnect with backoff; on success resend, on the last failure give up."""
-        delay = 0.1
+        delay = self.reconnect_delay
         error: Exception | None = None
         for attempt in range(1, self.retries + 1):
             self._state(f"{why}: reconnecting (attempt {attempt} of {self.retries})")

@@ -216,6 +216,10 @@ class Server:
 
             def answered(ack: Ack) -> None:
                 self.delivery_answered(seq, None, 0, ack)
+                if ack.status == AckStatus.NOT_DELIVERED:  # it stays in the outbox
+                    ack = Ack(
+                        seq, AckStatus.OK, f"stored for {name}, who left before acknowledging"
+                    )
                 settle(ack)
 
             target.deliver(body, None, answered, msg_id=seq)
