@@ -77,6 +77,7 @@ async def test_100_cuts_lose_nothing_and_double_nothing(stored: Server) -> None:
     stored_rows = rows(stored.store.path, "SELECT sender_id, body FROM messages ORDER BY seq")
     assert stored_rows == [(i + 1, f"m{i}") for i in range(len(acks))]  # each once, in order
     assert proxy.cuts >= 100
+    assert stored.counts["resent"] > 0  # acks were lost in cuts, and their messages resent
 
 
 async def test_offline_outbox_in_order_then_receipts(stored: Server) -> None:

@@ -130,6 +130,7 @@ class Server:
             "accepted": 0,
             "rejected": 0,
             "delivered": 0,
+            "resent": 0,  # messages sent again after a reconnect, acknowledged, not stored again
             "violations": 0,
             "refused_connections": 0,
         }
@@ -514,6 +515,7 @@ class _PeerProtocol(asyncio.Protocol):
         assert self.proto is not None
         _, reply = found
         self.proto.send_ack(event.id, b"" if reply is None else reply)
+        self.server.counts["resent"] += 1
         return True
 
     def store_and_ack(self, event: Message, reply: Reply, now: float) -> None:
