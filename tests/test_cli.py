@@ -209,7 +209,7 @@ def test_demo_runs_and_exits_0() -> None:
     result = telex("demo")
     assert result.returncode == 0, result.stderr
     assert "client  ack 2: received" in result.stdout  # the server acknowledged the client
-    assert "ack 1 from demo-client: thanks, got it" in result.stdout  # and the other way
+    assert "from demo-client: thanks, got it" in result.stdout  # and the other way
 
 
 def test_help_and_version() -> None:
@@ -486,3 +486,24 @@ def test_chat_without_a_terminal_sends_stdin_lines() -> None:
         assert "✓ bob acknowledged #2" in result.stdout
         assert bob.stdout is not None
         assert json.loads(read_line(bob.stdout))["sender"] == "alice"
+
+
+def test_log_shows_a_chat_session() -> None:
+    db = temp_db()
+    with serve("--quiet", "--db", db) as server, listening(server.address, "--name", "bob") as bob:
+        chat = telex("chat", server.address, "--name", "alice", stdin="hi server\n@bob hello bob\n")
+        assert chat.returncode == 0, chat.stderr
+        assert bob.stdout is not None
+        assert json.loads(read_line(bob.stdout))["text"] == "hello bob"
+        result = telex("log", "--db", db)  # while the server runs
+        assert result.returncode == 0, result.stderr
+        lines = result.stdout.splitlines()
+        assert lines[0].endswith("alice → server: hi server")
+        assert lines[1].endswith("alice → bob: hello bob")
+        records_ = records(telex("log", "--db", db, "--json", "--from", "alice", "-n", "1").stdout)
+        assert [(r["sender"], r["recipient"], r["text"]) for r in records_] == [
+            ("alice", "bob", "hello bob")
+        ]
+        assert records_[0]["delivered"] is not None
+    assert telex("log", "--db", db, "--to", "nobody").stdout == ""
+    one_clear_line(telex("log", "--db", temp_db()), 2, "no store at")

@@ -15,8 +15,9 @@ import os
 import signal
 import sqlite3
 import sys
+import tempfile
 import time
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -789,8 +790,25 @@ async def _demo(out: Output) -> None:
         out.line(f"{client_tag}  got #{message.id} from the server: {printable(message.body)}")
         return "thanks, got it"
 
-    async with Server(server_side, port=0) as server:
-        out.line(f"server listening on 127.0.0.1:{server.port}")
+    with tempfile.TemporaryDirectory(prefix="telex-demo-") as folder:
+        store = Store(Path(folder) / "demo.db")
+        try:
+            await _demo_exchange(out, server_tag, client_tag, server_side, client_side, store)
+        finally:
+            store.close()
+    out.line("done: 3 messages sent, each acknowledged by the side that received it")
+
+
+async def _demo_exchange(
+    out: Output,
+    server_tag: str,
+    client_tag: str,
+    server_side: Callable[[Message, Peer], str],
+    client_side: Callable[[Message], str],
+    store: Store,
+) -> None:
+    async with Server(server_side, port=0, store=store) as server:
+        out.line(f"server listening on 127.0.0.1:{server.port}, storing in {store.path}")
         async with AsyncClient(
             "127.0.0.1", server.port, name="demo-client", handler=client_side
         ) as client:
@@ -802,4 +820,3 @@ async def _demo(out: Output) -> None:
             out.line(f"{server_tag}  sends to demo-client: {text}")
             ack = await server.send("demo-client", text)
             out.line(f"{server_tag}  ack {ack.id} from demo-client: {printable(ack.reply)}")
-    out.line("done: 3 messages sent, each acknowledged by the side that received it")
