@@ -8,6 +8,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -39,12 +40,16 @@ def stored_count(db: Path) -> int:
         return 0
 
 
-def wait_for_rows(db: Path, count: int) -> None:
+def wait_for(condition: Callable[[], bool], what: str = "the condition") -> None:
     deadline = time.monotonic() + TIMEOUT * 3
-    while stored_count(db) < count:
+    while not condition():
         if time.monotonic() > deadline:
-            pytest.fail(f"the store never reached {count} messages")
+            pytest.fail(f"{what} never came")
         time.sleep(0.002)
+
+
+def wait_for_rows(db: Path, count: int) -> None:
+    wait_for(lambda: stored_count(db) >= count, f"{count} stored messages")
 
 
 def sender(port: int, lines: Path) -> subprocess.Popen[bytes]:
@@ -79,6 +84,8 @@ def test_kill_9_of_the_server_under_load_loses_and_doubles_nothing(
     inputs = [lines_file(tmp_path, f"s{k}", LINES) for k in range(SENDERS)]
     senders = [sender(port, lines) for lines in inputs]
     try:
+        for lines in inputs:  # each sender is connected (a first connect is not retried)
+            wait_for(lambda lines=lines: lines.with_suffix(".acks").stat().st_size > 0)
         wait_for_rows(db, int(SENDERS * LINES * kill_at))
         server.send_signal(signal.SIGKILL)
         server.wait(timeout=TIMEOUT)
