@@ -62,6 +62,21 @@ def main() -> None:
         bare_result = measure("bare" + variant, options.uvloop, args)
         t, b = telex_result["per_second"], bare_result["per_second"]
         print(f"{label:<36} {t:>12,.0f} {b:>12,.0f} {t / b:>7.2f}", flush=True)
+    print(
+        f"\n{'with a store, pipelined 64 B, msg/s':<36} {'telex':>12} {'no store':>12} {'ratio':>7}"
+    )
+    args = ["--size", "64", "--count", str(300_000 // scale)]
+    off = measure("telex", options.uvloop, args)["per_second"]
+    for label, kind in (
+        ("store, --sync normal, group commit", "telex-normal"),
+        ("store, --sync full, group commit", "telex-full"),
+        ("a commit per message (sync normal)", "telex-commit-each"),
+    ):
+        if kind == "telex-commit-each":
+            args = ["--size", "64", "--count", str(30_000 // scale)]  # it is slow
+        rate = measure(kind, options.uvloop, args)["per_second"]
+        print(f"{label:<36} {rate:>12,.0f} {off:>12,.0f} {rate / off:>7.2f}", flush=True)
+    print()
     rounds = str(20_000 // scale)
     telex_result = measure("telex", options.uvloop, ["--size", "64", "--latency", rounds])
     bare_result = measure("bare", options.uvloop, ["--size", "64", "--latency", rounds])

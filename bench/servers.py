@@ -1,6 +1,6 @@
 """The servers the benchmark compares, each run in its own process.
 
-    python bench/servers.py telex|bare|telex-push|bare-push [--uvloop]
+    python bench/servers.py KIND [--uvloop]      (kinds: see --help)
 
 prints the port it listens on (one line), then serves until killed.
 
@@ -17,14 +17,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import sqlite3
 import struct
 import sys
+import tempfile
 from collections import deque
+from pathlib import Path
 from typing import Any
 
 import telex
 from telex import frames
 from telex.frames import ACK_HEAD, PREAMBLE, FrameType
+from telex.store import Store
 
 REPLY = b"received"
 _unpack_head = struct.Struct(">IB").unpack_from
@@ -164,6 +168,36 @@ async def push(name: str, count: int, size: int) -> None:
     await asyncio.gather(*in_flight)
 
 
+def telex_setup(kind: str) -> tuple[Any, Store | None]:
+    """The handler and store of each telex kind.
+
+    telex-normal, telex-full: the store, group commit, at that sync level.
+    telex-commit-each: no telex store; the handler itself writes each message in its own
+    SQLite transaction (sync normal), the way one would without group commit.
+    """
+    if kind == "telex-push":
+        return start_push, None
+    folder = Path(tempfile.mkdtemp(prefix="telex-bench-"))
+    if kind in ("telex-normal", "telex-full"):
+        return None, Store(folder / "bench.db", sync=kind.removeprefix("telex-"))
+    if kind == "telex-commit-each":
+        db = sqlite3.connect(folder / "each.db", isolation_level=None)
+        db.execute("PRAGMA journal_mode = WAL")
+        db.execute("PRAGMA synchronous = NORMAL")
+        db.execute("CREATE TABLE messages (sender TEXT, id INTEGER, body BLOB)")
+
+        def commit_each(message: telex.Message, peer: telex.Peer) -> str:
+            db.execute("BEGIN")
+            db.execute(
+                "INSERT INTO messages VALUES (?, ?, ?)", (peer.name, message.id, message.body)
+            )
+            db.execute("COMMIT")
+            return "received"
+
+        return commit_each, None
+    return None, None
+
+
 async def serve(kind: str) -> None:
     global _server
     if kind.startswith("bare"):
@@ -172,7 +206,8 @@ async def serve(kind: str) -> None:
         server = await loop.create_server(protocol, "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
     else:  # the default handler (reply "received"), or the one that starts pushing
-        telex_server = _server = telex.Server(start_push if kind == "telex-push" else None, port=0)
+        handler, store = telex_setup(kind)
+        telex_server = _server = telex.Server(handler, port=0, store=store)
         await telex_server.start()
         port = telex_server.port
     print(port, flush=True)
@@ -181,7 +216,18 @@ async def serve(kind: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("kind", choices=["telex", "bare", "telex-push", "bare-push"])
+    parser.add_argument(
+        "kind",
+        choices=[
+            "telex",
+            "bare",
+            "telex-push",
+            "bare-push",
+            "telex-normal",
+            "telex-full",
+            "telex-commit-each",
+        ],
+    )
     parser.add_argument("--uvloop", action="store_true")
     args = parser.parse_args()
     if args.uvloop:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -12,7 +11,7 @@ import pytest
 import telex
 from telex.events import AckStatus, Message, Receipt
 from telex.server import Server
-from telex.store import Store
+from telex.store import Record, Store
 
 from .conftest import TIMEOUT, wait_until
 from .proxy import CuttingProxy, random_cuts
@@ -26,13 +25,13 @@ async def stored(tmp_path: Path) -> AsyncIterator[Server]:
     store.close()
 
 
-def rows(path: Path, query: str = "SELECT session, sender_id, body FROM messages") -> list[tuple]:  # type: ignore[type-arg]
-    """What another process reading the file sees."""
-    db = sqlite3.connect(path)
+def records(path: Path) -> list[Record]:
+    """What another process reading the file sees (as telex log does)."""
+    reader = Store(path, readonly=True)
     try:
-        return db.execute(query).fetchall()
+        return list(reader.records())
     finally:
-        db.close()
+        reader.close()
 
 
 async def test_a_message_is_in_the_file_when_its_ack_arrives(stored: Server) -> None:
@@ -40,12 +39,11 @@ async def test_a_message_is_in_the_file_when_its_ack_arrives(stored: Server) -> 
     async with telex.connect("127.0.0.1", stored.port, name="alice") as alice:
         ack = await alice.send("keep this")
         assert ack.ok and ack.reply == "received"
-        assert rows(stored.store.path, "SELECT sender, body, reply FROM messages") == [
-            ("alice", "keep this", "received")
-        ]
+        [record] = records(stored.store.path)
+        assert (record.sender, record.body, record.reply) == ("alice", "keep this", "received")
         acks = await alice.send_many([b"\x00binary", "text"])
         assert all(a.ok for a in acks)
-    bodies = [r[2] for r in rows(stored.store.path)]
+    bodies = [r.body for r in records(stored.store.path)]
     assert bodies == ["keep this", b"\x00binary", "text"]
 
 
@@ -74,7 +72,7 @@ async def test_100_cuts_lose_nothing_and_double_nothing(stored: Server) -> None:
         await client.close()
     assert all(ack.ok for ack in acks)
     assert [ack.id for ack in acks] == list(range(1, len(acks) + 1))
-    stored_rows = rows(stored.store.path, "SELECT sender_id, body FROM messages ORDER BY seq")
+    stored_rows = [(r.sender_id, r.body) for r in records(stored.store.path)]
     assert stored_rows == [(i + 1, f"m{i}") for i in range(len(acks))]  # each once, in order
     assert proxy.cuts >= 100
     assert stored.counts["resent"] > 0  # acks were lost in cuts, and their messages resent
@@ -95,8 +93,7 @@ async def test_offline_outbox_in_order_then_receipts(stored: Server) -> None:
         assert {m.sender for m in got} == {"alice"}
         assert [r.id for r in receipts] == [1, 2, 3] and all(r.ok for r in receipts)
     assert stored.store is not None
-    undelivered = rows(stored.store.path, "SELECT seq FROM messages WHERE delivered IS NULL")
-    assert undelivered == []
+    assert [r.body for r in records(stored.store.path) if r.delivered is None] == []
 
 
 async def test_a_redelivered_message_is_recognised(stored: Server) -> None:
@@ -143,7 +140,7 @@ async def test_a_store_that_cannot_write_acknowledges_nothing(tmp_path: Path) ->
         assert "full" in acks[0].reason
         store.db.execute("PRAGMA max_page_count = 1073741823")
         assert (await client.send("after")).ok
-    bodies = [r[2] for r in rows(tmp_path / "telex.db")]
+    bodies = [r.body for r in records(tmp_path / "telex.db")]
     assert bodies == ["before", "after"]  # nothing acknowledged was lost, nothing else stored
     store.close()
 
@@ -161,8 +158,9 @@ async def test_text_peers_are_stored_too(stored: Server) -> None:
     async with asyncio.timeout(TIMEOUT):
         assert await reader.readline() == b"ack 1: received\n"
     writer.close()
-    [(sender, body)] = rows(stored.store.path, "SELECT sender, body FROM messages")
-    assert sender.startswith("127.0.0.1:") and body == "from netcat"
+    [record] = records(stored.store.path)
+    assert record.sender is not None and record.sender.startswith("127.0.0.1:")
+    assert record.body == "from netcat"
 
 
 async def test_server_messages_wait_for_a_client_that_is_away(stored: Server) -> None:

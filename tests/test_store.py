@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from telex.store import SCHEMA_VERSION, Store, StoreError
+from telex.store import MIGRATIONS, SCHEMA_VERSION, Store, StoreError, pack, unpack
 
 _seq = iter(range(1, 1_000_000))
 
@@ -112,3 +112,54 @@ def test_a_read_only_store_raises(tmp_path: Path) -> None:
     store.db.execute("PRAGMA query_only = ON")  # as a file system remounted read-only
     with pytest.raises(StoreError, match="readonly"):
         store.write([row("s", 1, "x")])
+
+
+def test_segments_pack_a_batch_in_one_row(tmp_path: Path) -> None:
+    store = Store(tmp_path / "t.db")
+    items = [(1, "one", "received"), (2, b"\x00two", "received"), (4, "four", b"\x01")]
+    store.write(segments=[(10, "s1", "alice", 50.0, items)])
+    assert store.db.execute("SELECT COUNT(*) FROM segments").fetchone()[0] == 1
+    assert store.next_seq() == 13
+    assert [(r.seq, r.sender_id, r.body, r.reply) for r in store.records()] == [
+        (10, 1, "one", "received"),
+        (11, 2, b"\x00two", "received"),
+        (12, 4, "four", b"\x01"),
+    ]
+    assert store.last_id("s1") == 4
+    assert store.find("s1", 2) == (11, "received")
+    assert store.find("s1", 3) is None  # inside the range, never sent (rejected, say)
+    assert list(unpack(pack(items))) == items
+
+
+def test_records_merge_both_tables_in_seq_order(tmp_path: Path) -> None:
+    store = Store(tmp_path / "t.db")
+    store.write(
+        rows=[row("s1", 3, "to bob", recipient="bob", seq=3, delivered=None)],
+        segments=[
+            (1, "s1", "alice", 10.0, [(1, "a", "r"), (2, "b", "r")]),
+            (4, "s2", "carol", 20.0, [(1, "c", "r")]),
+        ],
+    )
+    assert [r.body for r in store.records()] == ["a", "b", "to bob", "c"]
+    assert [r.body for r in store.records(recipient="server")] == ["a", "b", "c"]
+    assert [r.body for r in store.records(recipient="bob")] == ["to bob"]
+    assert [r.body for r in store.records(sender="carol")] == ["c"]
+    assert [r.body for r in store.records(after_seq=2)] == ["to bob", "c"]
+    assert [r.body for r in store.records(limit=2)] == ["to bob", "c"]
+    assert [r.body for r in store.records(since=15.0)] == ["to bob", "c"]
+    assert store.last_id("s1") == 3
+
+
+def test_a_version_1_store_is_migrated_and_keeps_its_messages(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    db = sqlite3.connect(path, isolation_level=None)
+    db.executescript(MIGRATIONS[0])
+    db.execute("PRAGMA user_version = 1")
+    db.execute(
+        "INSERT INTO messages VALUES (1, 's', 1, 'alice', NULL, 'old', 'received', 1.0, 1.0)"
+    )
+    db.close()
+    store = Store(path)
+    assert store.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    assert [r.body for r in store.records()] == ["old"]
+    assert store.next_seq() == 2

@@ -1,10 +1,10 @@
 """Group commit: what arrives in one loop turn is stored in one transaction, then answered.
 
-The server hands every message it must store to the journal with what to do once it
-is stored (acknowledge it, deliver it) and what to do if it could not be (reject it).
-At the end of the loop turn the journal writes them all in one SQLite transaction and
-then does the one or the other for each: no acknowledgment ever leaves before its
-message is stored, and no commit is made per message.
+The server hands the journal every message it must store, with what to do once it is
+stored (acknowledge it, deliver it) and what to do if it could not be (reject it). At
+the end of the loop turn the journal writes them all in one SQLite transaction and
+then does the one or the other for each, in the order they came: no acknowledgment
+leaves before its message is stored, and no commit is made per message.
 """
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
-from typing import Any, Protocol
+from collections.abc import Callable, Sequence
+from typing import Protocol
 
-from .store import Row, Store, StoreError
+from .store import Item, Row, Segment, Store, StoreError
 
 __all__ = ["Journal"]
 
@@ -27,24 +27,26 @@ class Answerable(Protocol):
 
     max_stored: int
 
-    def ack(self, msg_id: int, reply: Any) -> None: ...
+    def ack_all(self, items: Sequence[Item]) -> None: ...
 
     def reject(self, msg_id: int, status: int, reason: str, *, now: bool = ...) -> None: ...
 
-    def reject_unstored(self, msg_id: int, reason: str) -> None: ...
+    def reject_unstored(self, items: Sequence[Item], reason: str) -> None: ...
 
     def flush(self) -> None: ...
 
 
 class Journal:
-    """Collects rows and their answers during a loop turn; commits once at its end."""
+    """Collects what to store during a loop turn; commits once at its end."""
 
     def __init__(self, store: Store) -> None:
         self.store = store
         self.next_seq = store.next_seq()
         self._rows: list[Row] = []
-        # (connection, id, reply, status, reason): status 0 acknowledges once stored
-        self._acks: list[tuple[Answerable, int, Any, int, str]] = []
+        self._segments: list[Segment] = []
+        # In arrival order: (connection, items to ack once stored, 0, 0, ""), or for a
+        # rejection in its turn (connection, (), message id, status, reason).
+        self._answers: list[tuple[Answerable, Sequence[Item], int, int, str]] = []
         self._later: list[tuple[Callable[[], None], Callable[[str], None]]] = []
         self._delivered: list[tuple[float, int]] = []
         self._scheduled = False
@@ -52,22 +54,28 @@ class Journal:
         self.failures = 0
         self.last_error = ""
 
-    def number(self) -> int:
-        """The seq of a row about to be added."""
+    def number(self, count: int = 1) -> int:
+        """The first of ``count`` consecutive seqs for messages about to be added."""
         seq = self.next_seq
-        self.next_seq = seq + 1
+        self.next_seq = seq + count
         return seq
 
-    def accept(self, conn: Answerable, msg_id: int, row: Row | None, reply: Any) -> None:
-        """Store ``row`` (None: it is stored already, a resend), then ack ``msg_id``."""
-        if row is not None:
-            self._rows.append(row)
-        self._acks.append((conn, msg_id, reply, 0, ""))
+    def accept(
+        self,
+        conn: Answerable,
+        session: str | None,
+        sender: str | None,
+        received: float,
+        items: Sequence[Item],
+    ) -> None:
+        """Store messages for the server from ``conn`` (one segment), then ack each."""
+        self._segments.append((self.number(len(items)), session, sender, received, items))
+        self._answers.append((conn, items, 0, 0, ""))
         self._schedule()
 
     def reject(self, conn: Answerable, msg_id: int, status: int, reason: str) -> None:
         """Reject ``msg_id`` in its turn, so a connection's answers keep their order."""
-        self._acks.append((conn, msg_id, None, status, reason))
+        self._answers.append((conn, (), msg_id, status, reason))
         self._schedule()
 
     def then(
@@ -93,36 +101,34 @@ class Journal:
         """Write everything collected this turn, then answer each message accordingly."""
         self._scheduled = False
         rows, self._rows = self._rows, []
-        acks, self._acks = self._acks, []
+        segments, self._segments = self._segments, []
+        answers, self._answers = self._answers, []
         later, self._later = self._later, []
         delivered, self._delivered = self._delivered, []
+        error = ""
         try:
-            if rows or delivered:
-                self.store.write(rows, delivered)
+            if rows or segments or delivered:
+                self.store.write(rows, delivered, segments)
                 self.commits += 1
         except StoreError as exc:
             self.failures += 1
-            reason = f"the server could not store it ({exc})"
-            if reason != self.last_error:
+            error = f"the server could not store it ({exc})"
+            if error != self.last_error:
                 log.error("store: %s: nothing is acknowledged until it can write again", exc)
-                self.last_error = reason
-            for conn, msg_id, _, status, why in acks:
-                if status:
-                    conn.reject(msg_id, status, why, now=True)
-                else:
-                    conn.reject_unstored(msg_id, reason)
-            for _, failed in later:
-                failed(reason)
-        else:
-            self.last_error = ""
-            for conn, msg_id, reply, status, why in acks:
-                if status:
-                    conn.reject(msg_id, status, why, now=True)
-                    continue
-                conn.ack(msg_id, reply)
-                if msg_id > conn.max_stored:
-                    conn.max_stored = msg_id
-            for stored, _ in later:
+        self.last_error = error
+        for conn, items, msg_id, status, reason in answers:
+            if status:
+                conn.reject(msg_id, status, reason, now=True)
+            elif error:
+                conn.reject_unstored(items, error)
+            else:
+                conn.ack_all(items)
+                if items[-1][0] > conn.max_stored:
+                    conn.max_stored = items[-1][0]
+        for stored, failed in later:
+            if error:
+                failed(error)
+            else:
                 stored()
-        for conn in {entry[0] for entry in acks}:
+        for conn in {answer[0] for answer in answers}:
             conn.flush()

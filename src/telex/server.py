@@ -14,7 +14,7 @@ import functools
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -37,7 +37,7 @@ from .handlers import Reject, is_async, rejection_for
 from .journal import Journal
 from .limits import Limits
 from .protocol import Connection, Role, looks_framed
-from .store import Store
+from .store import Item, Store
 from .textmode import TextConnection
 
 __all__ = [
@@ -482,27 +482,48 @@ class _PeerProtocol(asyncio.Protocol):
         self.flush()
 
     def _handle_stored(self, events: list[Event]) -> None:
-        """As ``handle``, with a store: each message is acknowledged once it is stored."""
+        """As ``handle``, with a store: the messages of this read are stored together
+        (one segment), and each is acknowledged once they are."""
         handler = cast(Callable[[Message, Peer], Reply], self.server.handler)
         proto = self.proto
         assert proto is not None
         peer = self.peer
-        now = time.time()
+        items: list[Item] = []
+        append = items.append
         for event in events:
             if type(event) is Message:
-                if self._resent(event):
+                if event.id <= self.max_stored and self._resent(event):
                     continue
                 if event.to is not None:
+                    items = self._stage(items)  # what came before it is answered before it
+                    append = items.append
                     self._route(event)
                     continue
                 try:
                     reply = handler(event, peer)
                 except Exception as exc:
+                    items = self._stage(items)
+                    append = items.append
                     self._handler_failed(proto, event, exc)
                     continue
-                self.store_and_ack(event, reply, now)
+                append((event.id, event.body, b"" if reply is None else reply))
             else:
+                if type(event) is MessageTooLarge:
+                    items = self._stage(items)
+                    append = items.append
                 self._control(event)
+        self._stage(items)
+        self.flush()  # pongs and the like; the acks leave after the commit
+
+    def _stage(self, items: list[Item]) -> list[Item]:
+        """Hand the messages so far to the journal; return a fresh list for the next."""
+        if items:
+            journal = self.server.journal
+            assert journal is not None
+            peer = self.peer
+            journal.accept(self, peer.session, peer.name or peer.address, time.time(), items)
+            return []
+        return items
 
     def _resent(self, event: Message) -> bool:
         """A message this session sent before and the store has: acknowledge it again."""
@@ -527,16 +548,15 @@ class _PeerProtocol(asyncio.Protocol):
             self.proto.send_ack(event.id, body)
             self.server.counts["accepted"] += 1
             return
-        peer = self.peer
-        sender = peer.name or peer.address
-        row = (journal.number(), peer.session, event.id, sender, None, event.body, body, now, now)
-        journal.accept(self, event.id, row, body)
+        self._stage([(event.id, event.body, body)])
 
-    def ack(self, msg_id: int, reply: Body) -> None:
-        """The journal stored message ``msg_id``: acknowledge it."""
+    def ack_all(self, items: Sequence[Item]) -> None:
+        """The journal stored these messages: acknowledge each."""
         if self.proto is not None:
-            self.proto.send_ack(msg_id, reply)
-            self.server.counts["accepted"] += 1
+            send_ack = self.proto.send_ack
+            for msg_id, _, reply in items:
+                send_ack(msg_id, reply)
+            self.server.counts["accepted"] += len(items)
 
     def reject(self, msg_id: int, status: int, reason: str, *, now: bool = False) -> None:
         """Reject ``msg_id``; with a store, after the messages before it are answered."""
@@ -548,11 +568,12 @@ class _PeerProtocol(asyncio.Protocol):
             self.proto.send_rejection(msg_id, status, reason)
             self.server.counts["rejected"] += 1
 
-    def reject_unstored(self, msg_id: int, reason: str) -> None:
-        """The journal could not store message ``msg_id``: say so, never acknowledge it."""
+    def reject_unstored(self, items: Sequence[Item], reason: str) -> None:
+        """The journal could not store these messages: say so, never acknowledge them."""
         if self.proto is not None:
-            self.proto.send_rejection(msg_id, AckStatus.UNAVAILABLE, reason)
-            self.server.counts["rejected"] += 1
+            for msg_id, _, _ in items:
+                self.proto.send_rejection(msg_id, AckStatus.UNAVAILABLE, reason)
+            self.server.counts["rejected"] += len(items)
 
     def _handle_async(self, events: list[Event]) -> None:
         for event in events:
@@ -655,7 +676,7 @@ class _PeerProtocol(asyncio.Protocol):
                 target.deliver(event.body, self.peer.name, answered, msg_id=seq)
 
         def failed(reason: str) -> None:
-            self.reject_unstored(msg_id, reason)
+            self.reject(msg_id, AckStatus.UNAVAILABLE, reason, now=True)
             self.schedule_flush()
 
         row = (seq, session, msg_id, self.peer.name, to, event.body, None, time.time(), None)
