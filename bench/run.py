@@ -1,16 +1,18 @@
 """The end-to-end benchmark: telex beside a bare asyncio server, in one run.
 
-    python bench/run.py            # about two minutes; --quick for a short run
+    python bench/run.py            # about three minutes; --quick for a short run
 
 Each server runs in its own process and each load generator in another (the machine
-has two cores: one each). For every case it prints both figures and the ratio
-telex / bare. Nothing here is a test: no figure is asserted.
+has two cores: one each). Every figure is the median of --repeat runs, telex and its
+baseline taking turns, since a single run on a shared machine can be off by half. It
+prints both figures and the ratio. Nothing here is a test: no figure is asserted.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -38,54 +40,60 @@ def load(port: int, *args: str) -> dict[str, float]:
     return dict(json.loads(result.stdout))
 
 
-def measure(kind: str, uvloop: bool, args: list[str]) -> dict[str, float]:
-    with server(kind, uvloop) as port:
-        return load(port, *args)
+def medians(
+    kinds: list[str], args: list[str], key: str, options: argparse.Namespace
+) -> list[float]:
+    """The median of ``key`` for each kind, the kinds taking turns run after run."""
+    runs: dict[str, list[float]] = {kind: [] for kind in kinds}
+    for _ in range(options.repeat):
+        for kind in kinds:
+            with server(kind, options.uvloop) as port:
+                runs[kind].append(load(port, *args)[key])
+    return [statistics.median(runs[kind]) for kind in kinds]
+
+
+def row(label: str, a: float, b: float, digits: int = 0) -> None:
+    print(f"{label:<38} {a:>12,.{digits}f} {b:>12,.{digits}f} {a / b:>7.2f}", flush=True)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="a tenth of the messages")
-    parser.add_argument("--uvloop", action="store_true", help="run both servers on uvloop")
+    parser.add_argument("--quick", action="store_true", help="a tenth of the messages, 1 run")
+    parser.add_argument("--repeat", type=int, default=3, help="runs a figure is the median of")
+    parser.add_argument("--uvloop", action="store_true", help="run every server on uvloop")
     options = parser.parse_args()
     scale = 10 if options.quick else 1
+    if options.quick:
+        options.repeat = 1
     loop = "uvloop" if options.uvloop else "asyncio"
-    print(f"servers on {loop}; window 1000; each figure from its own server process\n")
-    print(f"{'case':<36} {'telex':>12} {'bare':>12} {'ratio':>7}")
+    print(f"servers on {loop}; window 1000; medians of {options.repeat} runs\n")
+    print(f"{'case':<38} {'telex':>12} {'bare':>12} {'ratio':>7}")
     cases = [
         ("pipelined 64 B, msg/s", "", ["--size", "64", "--count", str(1_000_000 // scale)]),
         ("pipelined 4 KiB, msg/s", "", ["--size", "4096", "--count", str(200_000 // scale)]),
         ("server pushes 64 B, msg/s", "-push", ["--push", "--count", str(500_000 // scale)]),
     ]
     for label, variant, args in cases:
-        telex_result = measure("telex" + variant, options.uvloop, args)
-        bare_result = measure("bare" + variant, options.uvloop, args)
-        t, b = telex_result["per_second"], bare_result["per_second"]
-        print(f"{label:<36} {t:>12,.0f} {b:>12,.0f} {t / b:>7.2f}", flush=True)
-    print(
-        f"\n{'with a store, pipelined 64 B, msg/s':<36} {'telex':>12} {'no store':>12} {'ratio':>7}"
-    )
-    args = ["--size", "64", "--count", str(300_000 // scale)]
-    off = measure("telex", options.uvloop, args)["per_second"]
-    for label, kind in (
-        ("store, --sync normal, group commit", "telex-normal"),
-        ("store, --sync full, group commit", "telex-full"),
-        ("a commit per message (sync normal)", "telex-commit-each"),
-    ):
-        if kind == "telex-commit-each":
-            args = ["--size", "64", "--count", str(30_000 // scale)]  # it is slow
-        rate = measure(kind, options.uvloop, args)["per_second"]
-        print(f"{label:<36} {rate:>12,.0f} {off:>12,.0f} {rate / off:>7.2f}", flush=True)
-    print()
-    rounds = str(20_000 // scale)
-    telex_result = measure("telex", options.uvloop, ["--size", "64", "--latency", rounds])
-    bare_result = measure("bare", options.uvloop, ["--size", "64", "--latency", rounds])
+        telex, bare = medians(["telex" + variant, "bare" + variant], args, "per_second", options)
+        row(label, telex, bare)
+    rounds = ["--size", "64", "--latency", str(20_000 // scale)]
     for key, label in (
         ("p50_us", "round trip 64 B, p50 µs"),
         ("p99_us", "round trip 64 B, p99 µs"),
     ):
-        t, b = telex_result[key], bare_result[key]
-        print(f"{label:<36} {t:>12,.1f} {b:>12,.1f} {t / b:>7.2f}", flush=True)
+        telex, bare = medians(["telex", "bare"], rounds, key, options)
+        row(label, telex, bare, digits=1)
+
+    header = f"{'with a store, pipelined 64 B, msg/s':<38} {'stored':>12} {'no store':>12}"
+    print(f"\n{header} {'ratio':>7}")
+    args = ["--size", "64", "--count", str(300_000 // scale)]
+    kinds = ["telex", "telex-normal", "telex-full"]
+    off, normal, full = medians(kinds, args, "per_second", options)
+    row("--sync normal, group commit", normal, off)
+    row("--sync full, group commit", full, off)
+    each = medians(["telex-commit-each"], ["--size", "64", "--count", str(30_000 // scale)],
+                   "per_second", options)[0]  # fmt: skip
+    row("a commit per message (sync normal)", each, off)
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ import telex
 from telex import frames
 from telex.frames import ACK_HEAD, PREAMBLE, FrameType
 from telex.store import Store
+from telex.tuning import retain_freed_memory
 
 REPLY = b"received"
 _unpack_head = struct.Struct(">IB").unpack_from
@@ -215,6 +216,7 @@ async def serve(kind: str) -> None:
 
 
 def main() -> None:
+    retain_freed_memory()  # as telex serve does; for every kind alike
     parser = argparse.ArgumentParser()
     parser.add_argument(
         "kind",

@@ -44,6 +44,7 @@ from .render import body_fields, printable
 from .server import DEFAULT_PORT, TEXT_PAUSE, Peer, Server, default_handler
 from .store import SYNC_LEVELS, Record, Store, StoreError
 from .textclient import TextClient
+from .tuning import retain_freed_memory
 
 __all__ = ["main"]
 
@@ -220,6 +221,7 @@ def serve(
     """
     sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
     log_to_stderr(logging.WARNING)  # joins and leaves are printed as events instead
+    retain_freed_memory()
     out = Output(as_json)
     store = None
     if not no_store:
