@@ -51,6 +51,7 @@ __all__ = ["main"]
 EXIT_OK, EXIT_REJECTED, EXIT_USAGE, EXIT_CONNECT, EXIT_LOST = 0, 1, 2, 3, 4
 
 T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 def run(coroutine: Coroutine[Any, Any, T]) -> T:
@@ -94,6 +95,39 @@ class Address(click.ParamType):  # type: ignore[type-arg]
 def default_db() -> Path:
     """telex.db in the user's data directory, so telex log finds it from anywhere."""
     return Path(platformdirs.user_data_dir("telex")) / "telex.db"
+
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON object a line.")
+timeout_option = click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=30.0,
+    show_default=True,
+    help="Seconds to wait for an acknowledgment.",
+)
+connect_timeout_option = click.option(
+    "--connect-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=10.0,
+    show_default=True,
+    help="Seconds to wait for the connection and handshake.",
+)
+db_option = click.option(
+    "--db",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help=f"The message store (default: {default_db()}).",
+)
+
+
+def retries_option(default: int) -> Callable[[F], F]:
+    return click.option(
+        "--retries",
+        type=click.IntRange(0),
+        default=default,
+        show_default=True,
+        help="Reconnect attempts when a connection that was up drops (0: none).",
+    )
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -169,7 +203,7 @@ def limit_options(function: Any) -> Any:
     show_default=True,
     help="Port to listen on; 0 picks a free one (and prints it).",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object a line.")
+@json_option
 @click.option("--quiet", "-q", is_flag=True, help="Do not print each message.")
 @click.option(
     "--text-pause",
@@ -178,12 +212,7 @@ def limit_options(function: Any) -> Any:
     show_default=True,
     help="Seconds after which a text peer's unfinished line is a message.",
 )
-@click.option(
-    "--db",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help=f"The message store (default: {default_db()}).",
-)
+@db_option
 @click.option(
     "--sync",
     type=click.Choice(sorted(SYNC_LEVELS)),
@@ -346,7 +375,7 @@ class AckPrinter:
 @main.command()
 @click.argument("address", type=Address())
 @click.argument("messages", nargs=-1)
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object a line.")
+@json_option
 @click.option(
     "--text",
     "text_mode",
@@ -366,27 +395,9 @@ class AckPrinter:
     show_default=True,
     help="Messages in flight before waiting for acknowledgments.",
 )
-@click.option(
-    "--timeout",
-    type=click.FloatRange(min=0, min_open=True),
-    default=30.0,
-    show_default=True,
-    help="Seconds to wait for an acknowledgment.",
-)
-@click.option(
-    "--connect-timeout",
-    type=click.FloatRange(min=0, min_open=True),
-    default=10.0,
-    show_default=True,
-    help="Seconds to wait for the connection and handshake.",
-)
-@click.option(
-    "--retries",
-    type=click.IntRange(0),
-    default=10,
-    show_default=True,
-    help="Reconnect attempts when a connection that was up drops (0: none).",
-)
+@timeout_option
+@connect_timeout_option
+@retries_option(10)
 def send(
     address: tuple[str, int],
     messages: tuple[str, ...],
@@ -538,28 +549,10 @@ async def _send_text(
 @main.command()
 @click.argument("address", type=Address())
 @click.option("--name", help="Your name on the server (default: one it makes up).")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object a line.")
-@click.option(
-    "--timeout",
-    type=click.FloatRange(min=0, min_open=True),
-    default=30.0,
-    show_default=True,
-    help="Seconds to wait for an acknowledgment.",
-)
-@click.option(
-    "--connect-timeout",
-    type=click.FloatRange(min=0, min_open=True),
-    default=10.0,
-    show_default=True,
-    help="Seconds to wait for the connection and handshake.",
-)
-@click.option(
-    "--retries",
-    type=click.IntRange(0),
-    default=30,
-    show_default=True,
-    help="Reconnect attempts when a connection that was up drops (0: none).",
-)
+@json_option
+@timeout_option
+@connect_timeout_option
+@retries_option(30)
 def chat(
     address: tuple[str, int],
     name: str | None,
@@ -602,21 +595,9 @@ def chat(
 @main.command()
 @click.argument("address", type=Address())
 @click.option("--name", help="Your name on the server (default: one it makes up).")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object a line.")
-@click.option(
-    "--connect-timeout",
-    type=click.FloatRange(min=0, min_open=True),
-    default=10.0,
-    show_default=True,
-    help="Seconds to wait for the connection and handshake.",
-)
-@click.option(
-    "--retries",
-    type=click.IntRange(0),
-    default=10,
-    show_default=True,
-    help="Reconnect attempts when a connection that was up drops (0: none).",
-)
+@json_option
+@connect_timeout_option
+@retries_option(10)
 def listen(
     address: tuple[str, int],
     name: str | None,
@@ -690,17 +671,12 @@ def parse_since(value: str) -> float:
 
 
 @main.command()
-@click.option(
-    "--db",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help=f"The message store (default: {default_db()}).",
-)
+@db_option
 @click.option("--from", "sender", metavar="NAME", help="Only messages from NAME ('server').")
 @click.option("--to", "recipient", metavar="NAME", help="Only messages to NAME ('server').")
 @click.option("--since", metavar="WHEN", help="Only since WHEN: 30s, 15m, 1h, 2d or ISO time.")
 @click.option("--limit", "-n", type=click.IntRange(1), help="Only the last N messages.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object a line.")
+@json_option
 @click.option("--follow", "-f", is_flag=True, help="Keep printing messages as they are stored.")
 def log(
     db: Path | None,

@@ -472,7 +472,7 @@ class _PeerProtocol(asyncio.Protocol):
                     try:
                         reply = handler(event, peer)
                     except Exception as exc:
-                        self._handler_failed(proto, event, exc)
+                        self._handler_failed(event, exc)
                         continue
                     ack(event.id, b"" if reply is None else reply)
                     accepted += 1
@@ -504,7 +504,7 @@ class _PeerProtocol(asyncio.Protocol):
                 except Exception as exc:
                     items = self._stage(items)
                     append = items.append
-                    self._handler_failed(proto, event, exc)
+                    self._handler_failed(event, exc)
                     continue
                 append((event.id, event.body, b"" if reply is None else reply))
             else:
@@ -539,7 +539,7 @@ class _PeerProtocol(asyncio.Protocol):
         self.server.counts["resent"] += 1
         return True
 
-    def store_and_ack(self, event: Message, reply: Reply, now: float) -> None:
+    def store_and_ack(self, event: Message, reply: Reply) -> None:
         """Acknowledge ``event`` with ``reply``: at once, or once it is stored."""
         journal = self.server.journal
         body = b"" if reply is None else reply
@@ -599,15 +599,15 @@ class _PeerProtocol(asyncio.Protocol):
             while self.queue:
                 event = self.queue.popleft()
                 if type(event) is MessageTooLarge:
-                    self._too_large(proto, event)
+                    self._too_large(event)
                     continue
                 assert type(event) is Message
                 try:
                     reply = await handler(event, self.peer)
                 except Exception as exc:
-                    self._handler_failed(proto, event, exc)
+                    self._handler_failed(event, exc)
                 else:
-                    self.store_and_ack(event, reply, time.time())
+                    self.store_and_ack(event, reply)
                 if not self.queue or len(self.queue) % 64 == 0:
                     self.flush()
                 if len(self.queue) < 1000:
@@ -617,14 +617,12 @@ class _PeerProtocol(asyncio.Protocol):
         if self.peer_done or (self.server.closing and self.open):
             self.finish()
 
-    def _handler_failed(
-        self, proto: Connection | TextConnection, event: Message, exc: Exception
-    ) -> None:
+    def _handler_failed(self, event: Message, exc: Exception) -> None:
         if not isinstance(exc, Reject):
             log.error("%s: handler failed on message %d", self.describe(), event.id, exc_info=exc)
         self.reject(event.id, *rejection_for(exc))
 
-    def _too_large(self, proto: Connection | TextConnection | None, event: MessageTooLarge) -> None:
+    def _too_large(self, event: MessageTooLarge) -> None:
         log.warning("%s: message %d rejected: %s", self.describe(), event.id, event.reason)
         self.reject(event.id, AckStatus.TOO_LARGE, event.reason)
 
@@ -735,7 +733,7 @@ class _PeerProtocol(asyncio.Protocol):
             if self.server.closing:
                 self.begin_goodbye()
         elif type(event) is MessageTooLarge:
-            self._too_large(proto, event)
+            self._too_large(event)
         elif type(event) is Goodbye:
             self.peer_done = True
             if not self.queue:
