@@ -291,10 +291,8 @@ class Store:
             where.append("recipient = ?")
             args.append(recipient)
         # The WHERE terms are fixed strings of this module; every value is a parameter.
-        query = (
-            "SELECT seq, sender, recipient, sender_id, body, reply, received, delivered "
-            f"FROM messages WHERE {' AND '.join(where)} ORDER BY seq"  # noqa: S608
-        )
+        columns = "seq, sender, recipient, sender_id, body, reply, received, delivered"
+        query = f"SELECT {columns} FROM messages WHERE {' AND '.join(where)} ORDER BY seq"  # noqa: S608
         for row in self.db.execute(query, args):
             yield Record(*row)
 
@@ -304,10 +302,8 @@ class Store:
         if recipient not in (None, "server"):
             return  # segments hold the messages for the server only
         where, args = _filters(sender, since, after_seq, "seq + count - 1")
-        query = (
-            "SELECT seq, sender, received, messages "
-            f"FROM segments WHERE {' AND '.join(where)} ORDER BY seq"  # noqa: S608
-        )
+        columns = "seq, sender, received, messages"
+        query = f"SELECT {columns} FROM segments WHERE {' AND '.join(where)} ORDER BY seq"  # noqa: S608
         for first, who, received, blob in self.db.execute(query, args):
             for offset, (sender_id, body, reply) in enumerate(unpack(blob)):
                 if first + offset > after_seq:
