@@ -13,6 +13,8 @@ from typing import Any, NamedTuple
 __all__ = [
     "Ack",
     "AckStatus",
+    "Auth",
+    "Challenge",
     "ErrorCode",
     "Event",
     "Goodbye",
@@ -58,6 +60,7 @@ class ErrorCode(IntEnum):
     INTERNAL_ERROR = 13
     NAME_TAKEN = 14
     INVALID_NAME = 15
+    AUTH_FAILED = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +71,22 @@ class Hello:
     name: str | None = None
     agent: str = ""
     session: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Challenge:
+    """The server wants proof of a token: an HMAC of ``challenge``, keyed with the token
+    (stretched with ``salt`` when the server keeps a users file)."""
+
+    challenge: bytes
+    salt: bytes = b""
+
+
+@dataclass(frozen=True, slots=True)
+class Auth:
+    """The client's answer to the challenge."""
+
+    answer: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,6 +196,8 @@ class ProtocolViolation:
 
 Event = (
     Hello
+    | Challenge
+    | Auth
     | Welcome
     | Message
     | Ack

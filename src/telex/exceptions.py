@@ -5,6 +5,8 @@ The tree::
     TelexError
     ├── ProtocolError        the peer broke the wire protocol (carries an error code)
     ├── ConnectError         no connection could be made (refused, unknown host, no answer)
+    │   ├── CertificateRejected  the server's TLS certificate is not the one to trust
+    │   └── AuthenticationFailed the server refused the token
     ├── ConnectionClosed     a connection that was up ended with messages unacknowledged
     ├── TelexTimeout         an operation ran past its timeout (also a TimeoutError)
     └── MessageRejected      the receiver answered a message with a rejection (carries the ack)
@@ -22,6 +24,8 @@ if TYPE_CHECKING:
     from .events import Ack
 
 __all__ = [
+    "AuthenticationFailed",
+    "CertificateRejected",
     "ConnectError",
     "ConnectionClosed",
     "MessageRejected",
@@ -46,6 +50,14 @@ class ProtocolError(TelexError):
 
 class ConnectError(TelexError):
     """No connection could be made: refused, unknown host, unreachable, or no handshake."""
+
+
+class CertificateRejected(ConnectError):
+    """The server's certificate failed verification, its pin, or the remembered one."""
+
+
+class AuthenticationFailed(ConnectError):
+    """The server needs a token and refused ours (or we have none)."""
 
 
 class ConnectionClosed(TelexError):

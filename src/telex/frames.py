@@ -40,6 +40,8 @@ SKIP_FACTOR = 16
 class FrameType(IntEnum):
     HELLO = 0x01
     WELCOME = 0x02
+    CHALLENGE = 0x03
+    AUTH = 0x04
     MESSAGE = 0x10
     ACK = 0x11
     ROUTED = 0x12

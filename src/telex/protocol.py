@@ -21,7 +21,9 @@ from . import frames
 from .events import (
     Ack,
     AckStatus,
+    Auth,
     Body,
+    Challenge,
     ErrorCode,
     Event,
     Goodbye,
@@ -90,6 +92,7 @@ class Role(Enum):
 class State(Enum):
     PREAMBLE = "preamble"  # waiting for the peer's 8-byte preamble
     HANDSHAKE = "handshake"  # waiting for HELLO (server) or WELCOME (client)
+    AUTH = "auth"  # server only: HELLO came, waiting for the answer to its CHALLENGE
     OPEN = "open"  # messages flow both ways
     CLOSED = "closed"  # after an ERROR either way; nothing more is read
 
@@ -108,7 +111,8 @@ _OPEN = {
 
 ALLOWED: dict[tuple[Role, State], set[FrameType]] = {
     (Role.SERVER, State.HANDSHAKE): {FrameType.HELLO} | _ANYTIME,
-    (Role.CLIENT, State.HANDSHAKE): {FrameType.WELCOME} | _ANYTIME,
+    (Role.SERVER, State.AUTH): {FrameType.AUTH} | _ANYTIME,
+    (Role.CLIENT, State.HANDSHAKE): {FrameType.WELCOME, FrameType.CHALLENGE} | _ANYTIME,
     (Role.SERVER, State.OPEN): _OPEN,
     (Role.CLIENT, State.OPEN): _OPEN,
 }
@@ -130,9 +134,15 @@ class Connection:
     """
 
     def __init__(
-        self, role: Role, *, max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE, first_id: int = 1
+        self,
+        role: Role,
+        *,
+        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        first_id: int = 1,
+        requires_auth: bool = False,
     ) -> None:
         self.role = role
+        self.requires_auth = requires_auth  # server: HELLO must be followed by AUTH
         self.state = State.PREAMBLE
         self.max_message_size = max_message_size
         self.peer_said_goodbye = False
@@ -189,7 +199,19 @@ class Connection:
             welcome["name"] = name
         if stable_ids:
             welcome["stable_ids"] = True
+        if self.state is State.AUTH:  # the answer was right: messages may flow
+            self.state = State.OPEN
+            self._accepting = True
         self._out.append(frames.json_frame(FrameType.WELCOME, welcome))
+
+    def send_challenge(self, challenge: bytes, salt: bytes = b"") -> None:
+        """Server only, after HELLO: ask for proof of the token."""
+        obj = {"challenge": challenge.hex(), "salt": salt.hex()}
+        self._out.append(frames.json_frame(FrameType.CHALLENGE, obj))
+
+    def send_auth(self, answer: bytes) -> None:
+        """Client only: the answer to the server's challenge."""
+        self._out.append(frames.json_frame(FrameType.AUTH, {"answer": answer.hex()}))
 
     def send_message(
         self, body: Body, *, name: str | None = None, msg_id: int | None = None
@@ -518,6 +540,14 @@ class Connection:
                 return False
             elif ftype is FrameType.HELLO:
                 events.append(self._parse_hello(payload))
+            elif ftype is FrameType.CHALLENGE:
+                challenge = self._load_json(payload, "CHALLENGE", versioned=False)
+                events.append(
+                    Challenge(_hex(challenge, "challenge", 16, 64), _hex(challenge, "salt", 0, 64))
+                )
+            elif ftype is FrameType.AUTH:
+                answer = self._load_json(payload, "AUTH", versioned=False)
+                events.append(Auth(_hex(answer, "answer", 32, 32)))
             else:  # WELCOME
                 events.append(self._parse_welcome(payload))
         except UnicodeDecodeError:
@@ -551,13 +581,15 @@ class Connection:
         reply: Body = raw_reply.decode() if flags & FLAG_TEXT else raw_reply
         return Ack(msg_id, status, reason, reply)
 
-    def _load_json(self, payload: bytes, what: str) -> dict[str, Any]:
+    def _load_json(self, payload: bytes, what: str, *, versioned: bool = True) -> dict[str, Any]:
         try:
             obj = json.loads(payload.decode())
         except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError alike
             raise _Malformed(f"{what} is not a JSON object") from exc
         if not isinstance(obj, dict):
             raise _Malformed(f"{what} is not a JSON object")
+        if not versioned:
+            return obj
         version = obj.get("version")
         if version != frames.PROTOCOL_VERSION:
             raise _Unsupported(
@@ -579,8 +611,11 @@ class Connection:
             raise _BadName(
                 f"invalid name {name[:40]!r}: use 1 to {MAX_NAME_LENGTH} letters, digits, . _ -"
             )
-        self.state = State.OPEN
-        self._accepting = True
+        if self.requires_auth:
+            self.state = State.AUTH  # nothing but AUTH until the server welcomes
+        else:
+            self.state = State.OPEN
+            self._accepting = True
         return Hello(frames.PROTOCOL_VERSION, name, agent, session)
 
     def _parse_welcome(self, payload: bytes) -> Welcome:
@@ -610,6 +645,18 @@ class Connection:
         self._pending = []
         self.buffered = 0
         self._skip = 0
+
+
+def _hex(obj: dict[str, Any], key: str, least: int, most: int) -> bytes:
+    """A hex field of a JSON frame, of ``least`` to ``most`` bytes."""
+    value = obj.get(key, "")
+    try:
+        raw = bytes.fromhex(value) if isinstance(value, str) else None
+    except ValueError:
+        raw = None
+    if raw is None or not least <= len(raw) <= most:
+        raise _Malformed(f"{key} must be {least} to {most} bytes in hex")
+    return raw
 
 
 class _Malformed(Exception):

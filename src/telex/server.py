@@ -12,16 +12,19 @@ import asyncio
 import contextlib
 import functools
 import logging
+import secrets
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from ssl import SSLContext
 from typing import Any, cast
 
 from ._version import __version__
 from .events import (
     Ack,
     AckStatus,
+    Auth,
     Body,
     ErrorCode,
     Event,
@@ -37,6 +40,7 @@ from .handlers import Reject, is_async, rejection_for
 from .journal import Journal
 from .limits import Limits
 from .protocol import Connection, Role, looks_framed
+from .security import Users, new_challenge, stretch, verify_answer
 from .store import Item, Store
 from .textmode import TextConnection
 
@@ -110,10 +114,18 @@ class Server:
         shutdown_grace: float = 5.0,
         on_event: Callable[[PeerEvent], object] | None = None,
         store: Store | None = None,
+        ssl: SSLContext | None = None,
+        token: str | None = None,
+        users: Users | None = None,
     ) -> None:
         self.handler: Handler = handler or default_handler
         self.store = store
         self.journal = None if store is None else Journal(store)
+        self.ssl = ssl
+        self.token = token
+        self.users = users
+        self.auth_required = token is not None or users is not None
+        self.auth_failures: dict[str, deque[float]] = {}  # by address, for the slow-down
         self.host = host
         self.port = port
         self.limits = limits or Limits()
@@ -131,6 +143,7 @@ class Server:
             "rejected": 0,
             "delivered": 0,
             "resent": 0,  # messages sent again after a reconnect, acknowledged, not stored again
+            "auth_failures": 0,
             "violations": 0,
             "refused_connections": 0,
         }
@@ -145,7 +158,12 @@ class Server:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
-            lambda: _PeerProtocol(self), self.host, self.port, reuse_address=True
+            lambda: _PeerProtocol(self),
+            self.host,
+            self.port,
+            reuse_address=True,
+            ssl=self.ssl,
+            ssl_handshake_timeout=self.limits.handshake_timeout if self.ssl else None,
         )
         self.port = self._server.sockets[0].getsockname()[1]
         self._watchdog = asyncio.create_task(self._watch())
@@ -290,6 +308,27 @@ class Server:
             self.sessions[peer.peer.session] = peer
         return wanted
 
+    def auth_key(self, name: str | None) -> tuple[bytes, bytes] | None:
+        """(key, salt) a client must prove: its own with a users file, else the token."""
+        user = None if self.users is None else self.users.get(name)
+        if user is not None:
+            return user.key, user.salt
+        if self.token is not None:
+            return stretch(self.token, b""), b""
+        return None
+
+    def penalty(self, address: str) -> float:
+        """Seconds to wait before answering a failed login from ``address``: none for the
+        first 5 failures in a minute, then 1 s, 2 s, 4 s ... up to 30 s. Only the failing
+        address waits; everyone else is answered at once."""
+        now = time.monotonic()
+        failures = self.auth_failures.setdefault(address, deque())
+        while failures and now - failures[0] > 60:
+            failures.popleft()
+        failures.append(now)
+        excess = len(failures) - 5
+        return 0.0 if excess <= 0 else min(2.0 ** (excess - 1), 30.0)
+
     def emit(self, kind: str, peer: Peer, detail: str = "") -> None:
         if self.on_event is not None:
             self.on_event(PeerEvent(kind, peer, detail))
@@ -366,9 +405,10 @@ class _PeerProtocol(asyncio.Protocol):
         self.paused_for: set[str] = set()
         self.outgoing: dict[int, Callable[[Ack], None]] = {}  # sent to this client, unacked
         self.flush_scheduled = False
-        self.max_stored = (
-            0  # the highest id of this session in the store: lower ones may be resends
-        )
+        self.max_stored = 0  # this session's highest stored id: lower ones may be resends
+        self.hello: Hello | None = None  # waiting for the answer to our challenge
+        self.key = b""
+        self.challenge = b""
 
     # -- asyncio callbacks ------------------------------------------------------------
 
@@ -433,7 +473,9 @@ class _PeerProtocol(asyncio.Protocol):
         size = self.server.limits.max_message_size
         proto: Connection | TextConnection
         if looks_framed(data):
-            proto = Connection(Role.SERVER, max_message_size=size)
+            proto = Connection(
+                Role.SERVER, max_message_size=size, requires_auth=self.server.auth_required
+            )
             self.peer.mode = "framed"
         else:
             proto = TextConnection(max_message_size=size)
@@ -703,35 +745,18 @@ class _PeerProtocol(asyncio.Protocol):
         self.schedule_flush()
 
     def _control(self, event: Event) -> None:
-        proto = self.proto
         if type(event) is Ack:
             on_ack = self.outgoing.pop(event.id, None)
             if on_ack is not None:
                 on_ack(event)
         elif type(event) is Hello:
-            assert isinstance(proto, Connection)
-            server = self.server
             self.peer.session = event.session
-            name = server.claim_name(self, event.name)
-            if name is None:
-                self.fail(ErrorCode.NAME_TAKEN, f"the name {event.name!r} is in use")
-                return
-            self.peer.name = name
-            self.open = True
-            proto.send_welcome(
-                name=name,
-                agent=f"telex/{__version__}",
-                limits=server.limits.advertised(),
-                stable_ids=server.store is not None,
-            )
-            if server.store is not None:
-                if event.session is not None:
-                    self.max_stored = server.store.last_id(event.session)
-                self.deliver_outbox()
-            log.info("%s: joined", self.describe())
-            self.server.emit("joined", self.peer)
-            if self.server.closing:
-                self.begin_goodbye()
+            if self.server.auth_required:
+                self._challenge(event)
+            else:
+                self._welcome(event)
+        elif type(event) is Auth:
+            self._check_answer(event)
         elif type(event) is MessageTooLarge:
             self._too_large(event)
         elif type(event) is Goodbye:
@@ -745,6 +770,58 @@ class _PeerProtocol(asyncio.Protocol):
         elif type(event) is PeerError:
             log.warning("%s: peer reported error %d: %s", self.describe(), event.code, event.reason)
             self.close()
+
+    def _challenge(self, hello: Hello) -> None:
+        """Ask for proof of the token; an unknown name gets a challenge it cannot answer
+        (so that no one can tell which names exist)."""
+        assert isinstance(self.proto, Connection)
+        self.hello = hello
+        found = self.server.auth_key(hello.name)
+        self.key, salt = found if found is not None else (secrets.token_bytes(32), b"\0" * 16)
+        self.challenge = new_challenge()
+        self.proto.send_challenge(self.challenge, salt)
+
+    def _check_answer(self, auth: Auth) -> None:
+        if self.hello is None or not verify_answer(self.key, self.challenge, auth.answer):
+            self.refuse_login("wrong token")
+            return
+        hello = self.hello
+        self.hello = None
+        self._welcome(hello)
+
+    def refuse_login(self, reason: str) -> None:
+        """A failed login: say so (after the address's penalty, if any) and close."""
+        self.server.counts["auth_failures"] += 1
+        delay = self.server.penalty(self.host)
+        log.warning("%s: login refused: %s", self.describe(), reason)
+        if self.transport is not None:
+            self.transport.pause_reading()
+        self.loop.call_later(delay, self.fail, ErrorCode.AUTH_FAILED, f"login refused: {reason}")
+
+    def _welcome(self, event: Hello) -> None:
+        proto = self.proto
+        assert isinstance(proto, Connection)
+        server = self.server
+        name = server.claim_name(self, event.name)
+        if name is None:
+            self.fail(ErrorCode.NAME_TAKEN, f"the name {event.name!r} is in use")
+            return
+        self.peer.name = name
+        self.open = True
+        proto.send_welcome(
+            name=name,
+            agent=f"telex/{__version__}",
+            limits=server.limits.advertised(),
+            stable_ids=server.store is not None,
+        )
+        if server.store is not None:
+            if event.session is not None:
+                self.max_stored = server.store.last_id(event.session)
+            self.deliver_outbox()
+        log.info("%s: joined", self.describe())
+        self.server.emit("joined", self.peer)
+        if self.server.closing:
+            self.begin_goodbye()
 
     # -- writing and closing ----------------------------------------------------------
 
