@@ -9,18 +9,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import os
+import secrets
 import signal
 import sqlite3
+import ssl
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import click
 import platformdirs
@@ -38,10 +41,29 @@ from .console import (
     show_message,
 )
 from .events import Ack, Body, Message
-from .exceptions import ConnectError, ConnectionClosed, TelexError
+from .exceptions import (
+    AuthenticationFailed,
+    CertificateRejected,
+    ConnectError,
+    ConnectionClosed,
+    TelexError,
+)
 from .limits import Limits
+from .protocol import valid_name
 from .render import body_fields, printable
-from .server import DEFAULT_PORT, TEXT_PAUSE, Peer, Server, default_handler
+from .security import (
+    AuthError,
+    KnownHosts,
+    Users,
+    client_context,
+    default_names,
+    fingerprint,
+    load_token,
+    normal_fingerprint,
+    server_context,
+    write_certificate,
+)
+from .server import DEFAULT_PORT, TEXT_PAUSE, Peer, Server, default_handler, format_address
 from .store import SYNC_LEVELS, Record, Store, StoreError
 from .textclient import TextClient
 from .tuning import retain_freed_memory
@@ -49,6 +71,7 @@ from .tuning import retain_freed_memory
 __all__ = ["main"]
 
 EXIT_OK, EXIT_REJECTED, EXIT_USAGE, EXIT_CONNECT, EXIT_LOST = 0, 1, 2, 3, 4
+EXIT_CERTIFICATE, EXIT_AUTH = 5, 6
 
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -118,6 +141,126 @@ db_option = click.option(
     default=None,
     help=f"The message store (default: {default_db()}).",
 )
+
+
+def security_options(function: F) -> F:
+    """--tls, --fingerprint, --cafile, --insecure, --token-file, gathered into ``security``."""
+
+    @functools.wraps(function)
+    def wrapper(
+        *args: Any,
+        tls: bool,
+        fingerprint: str | None,
+        cafile: Path | None,
+        insecure: bool,
+        token_file: Path | None,
+        **kwargs: Any,
+    ) -> Any:
+        kwargs["security"] = Security(tls, fingerprint, cafile, insecure, token_file)
+        return function(*args, **kwargs)
+
+    options = [
+        click.option("--tls", is_flag=True, help="Connect over TLS (1.2 or newer)."),
+        click.option(
+            "--fingerprint",
+            metavar="SHA256:…",
+            help="Trust only the server certificate with this fingerprint (telex cert prints "
+            "it); implies --tls.",
+        ),
+        click.option(
+            "--cafile",
+            type=click.Path(exists=True, dir_okay=False, path_type=Path),
+            help="Verify the server against this CA (or self-signed) certificate; implies --tls.",
+        ),
+        click.option(
+            "--insecure",
+            is_flag=True,
+            help="TLS without verifying the server at all: anyone between can read and change "
+            "everything. Implies --tls; warns every time.",
+        ),
+        click.option(
+            "--token-file",
+            type=click.Path(dir_okay=False, path_type=Path),
+            help="The token, if the server needs one (else TELEX_TOKEN; never an argument).",
+        ),
+    ]
+    for option in reversed(options):
+        wrapper = option(wrapper)
+    return cast(F, wrapper)
+
+
+class Security:
+    """What a client command was told about TLS and the token."""
+
+    def __init__(
+        self,
+        tls: bool,
+        fingerprint: str | None,
+        cafile: Path | None,
+        insecure: bool,
+        token_file: Path | None,
+    ) -> None:
+        self.tls = tls or bool(fingerprint or cafile or insecure)
+        self.fingerprint = fingerprint
+        self.cafile = cafile
+        self.insecure = insecure
+        self.token_file = token_file
+
+    def client_options(self, host: str, port: int, *, interactive: bool) -> dict[str, Any]:
+        """AsyncClient's keyword arguments for this: TLS, pin, known hosts, token."""
+        try:
+            options: dict[str, Any] = {"token": load_token(self.token_file)}
+        except AuthError as exc:
+            fail(str(exc), EXIT_USAGE)
+        if not self.tls:
+            return options
+        if self.fingerprint is not None:
+            try:
+                normal_fingerprint(self.fingerprint)
+            except ValueError as exc:
+                fail(str(exc), EXIT_USAGE)
+            options.update(ssl=client_context(verify=False), fingerprint=self.fingerprint)
+        elif self.insecure:
+            click.echo(
+                "telex: WARNING: --insecure: the server is not verified; anyone on the way "
+                "can read and change this connection",
+                err=True,
+            )
+            options.update(ssl=client_context(verify=False))
+        elif self.cafile is not None:
+            options.update(ssl=client_context(cafile=self.cafile))
+        else:
+            known = KnownHosts(Path(platformdirs.user_config_dir("telex")) / "known_hosts")
+            if interactive or known.get(f"{host}:{port}") is not None:
+                options.update(
+                    ssl=client_context(verify=False),
+                    known_hosts=known,
+                    trust=ask_trust(f"{host}:{port}") if interactive else None,
+                )
+            else:
+                options.update(ssl=client_context())  # the system's trust store
+        return options
+
+
+def ask_trust(address: str) -> Callable[[str], bool]:
+    def ask(found: str) -> bool:
+        click.echo(f"The server {address} presents a certificate with the fingerprint\n  {found}")
+        return click.confirm("Do you trust it (and remember it)?", default=False, err=True)
+
+    return ask
+
+
+@contextlib.contextmanager
+def client_errors() -> Iterator[None]:
+    """The ways a client command cannot start, each as one line and its exit code."""
+    try:
+        yield
+    except CertificateRejected as exc:
+        fail(f"certificate refused: {exc}", EXIT_CERTIFICATE)
+    except AuthenticationFailed as exc:
+        fail(f"authentication failed: {exc}", EXIT_AUTH)
+    except ConnectError as exc:
+        fail(f"cannot connect: {exc}", EXIT_CONNECT)
 
 
 def retries_option(default: int) -> Callable[[F], F]:
@@ -227,6 +370,27 @@ def limit_options(function: Any) -> Any:
     "nothing survives a restart, resent messages are not recognised, and messages for "
     "clients that are away are refused.",
 )
+@click.option(
+    "--tls",
+    "tls_prefix",
+    metavar="PREFIX",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="TLS with PREFIX.pem and PREFIX.key (as telex cert --out PREFIX writes them).",
+)
+@click.option("--cert", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--key", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--token-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Require this shared token (its first line; else TELEX_TOKEN). It never crosses "
+    "the wire: clients answer a challenge with it.",
+)
+@click.option(
+    "--users",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Names that belong to someone: a client holds a listed name only with that name's "
+    "token (telex user add). Without it, names are first come, first served.",
+)
 @limit_options
 def serve(
     host: str,
@@ -237,6 +401,11 @@ def serve(
     db: Path | None,
     sync: str,
     no_store: bool,
+    tls_prefix: Path | None,
+    cert: Path | None,
+    key: Path | None,
+    token_file: Path | None,
+    users: Path | None,
     **limits: Any,
 ) -> None:
     """Accept connections and acknowledge every message.
@@ -259,6 +428,19 @@ def serve(
             store = Store(path, sync=sync)
         except (StoreError, sqlite3.Error, OSError) as exc:
             fail(f"cannot open the store {path}: {exc}", EXIT_CONNECT)
+    if tls_prefix is not None:
+        cert = cert or tls_prefix.with_name(tls_prefix.name + ".pem")
+        key = key or tls_prefix.with_name(tls_prefix.name + ".key")
+    if (cert is None) != (key is None):
+        raise click.UsageError("--cert and --key go together")
+    try:
+        context = None if cert is None or key is None else server_context(cert, key)
+        token = load_token(token_file)
+        user_file = None if users is None else Users(users)
+    except (OSError, ssl.SSLError) as exc:
+        fail(f"cannot load the certificate: {exc}", EXIT_USAGE)
+    except AuthError as exc:
+        fail(str(exc), EXIT_USAGE)
     server = Server(
         default_handler if quiet else MessagePrinter(out),
         host=host,
@@ -267,6 +449,9 @@ def serve(
         text_pause=text_pause,
         on_event=None if quiet else PeerEventPrinter(out),
         store=store,
+        ssl=context,
+        token=token,
+        users=user_file,
     )
     interactive = sys.stdin.isatty() and sys.stdout.isatty() and not as_json
     try:
@@ -276,6 +461,22 @@ def serve(
     finally:
         if store is not None:
             store.close()
+
+
+def one_line_for_tls_errors(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """A peer that fails the TLS handshake (plain TCP to a TLS port, a silent one) is one
+    log line, not a traceback."""
+    error = context.get("exception")
+    if isinstance(error, ssl.SSLError | ConnectionResetError | TimeoutError):
+        peer = context.get("transport")
+        where = peer.get_extra_info("peername") if peer is not None else None
+        logging.getLogger("telex.server").warning(
+            "%s: TLS handshake failed: %s",
+            format_address(where),
+            getattr(error, "reason", None) or error,
+        )
+        return
+    loop.default_exception_handler(context)
 
 
 def stop_on_signals() -> asyncio.Event:
@@ -295,11 +496,19 @@ def log_to_stderr(level: int) -> None:
 
 async def _serve(server: Server, out: Output, interactive: bool) -> None:
     stop = stop_on_signals()  # before the port is printed: a signal may follow at once
+    asyncio.get_running_loop().set_exception_handler(one_line_for_tls_errors)
     await server.start()
     where = "nowhere (--no-store)" if server.store is None else str(server.store.path)
+    secured = []
+    if server.ssl is not None:
+        secured.append("TLS")
+    if server.auth_required:
+        secured.append("a token required" if server.users is None else "tokens required")
     out.record("listening", host=server.host, port=server.port, store=where)
     out.line(f"telex {__version__} listening on {server.host}:{server.port} (Ctrl-C to stop)")
     out.line(f"messages stored in {where}", dim=True)
+    if secured:
+        out.line(" and ".join(secured), dim=True)
     console = asyncio.create_task(ServerConsole(server, out, stop).run(interactive))
     await stop.wait()
     console.cancel()
@@ -398,6 +607,7 @@ class AckPrinter:
 @timeout_option
 @connect_timeout_option
 @retries_option(10)
+@security_options
 def send(
     address: tuple[str, int],
     messages: tuple[str, ...],
@@ -409,6 +619,7 @@ def send(
     timeout: float,
     connect_timeout: float,
     retries: int,
+    security: Security,
 ) -> None:
     """Send each MESSAGE and print its acknowledgment.
 
@@ -422,6 +633,8 @@ def send(
       2  usage error
       3  cannot connect
       4  connection lost, timed out or broken, with messages unacknowledged
+      5  the server's TLS certificate was refused
+      6  the server refused the token
     """
     sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]  # acks as they come
     from_stdin = messages == ("-",) or (not messages and not sys.stdin.isatty())
@@ -434,21 +647,18 @@ def send(
                 _send_text(host, port, messages, from_stdin, as_json, timeout, connect_timeout)
             )
         else:
-            code = run(
-                _send(
-                    host,
-                    port,
-                    messages,
-                    from_stdin,
-                    Output(as_json),
-                    name,
-                    to,
-                    window,
-                    timeout,
-                    connect_timeout,
-                    retries,
-                )
+            client = AsyncClient(
+                host,
+                port,
+                name=name,
+                timeout=timeout,
+                connect_timeout=connect_timeout,
+                reconnect=retries > 0,
+                retries=retries,
+                **security.client_options(host, port, interactive=False),
             )
+            with client_errors():
+                code = run(_send(client, messages, from_stdin, Output(as_json), to, window))
     except ConnectError as exc:
         fail(f"cannot connect: {exc}", EXIT_CONNECT)
     except ConnectionClosed as exc:
@@ -461,27 +671,13 @@ def send(
 
 
 async def _send(
-    host: str,
-    port: int,
+    client: AsyncClient,
     messages: tuple[str, ...],
     from_stdin: bool,
     out: Output,
-    name: str | None,
     to: str | None,
     window: int,
-    timeout: float,
-    connect_timeout: float,
-    retries: int,
 ) -> int:
-    client = AsyncClient(
-        host,
-        port,
-        name=name,
-        timeout=timeout,
-        connect_timeout=connect_timeout,
-        reconnect=retries > 0,
-        retries=retries,
-    )
     await client.connect()
     show_progress = from_stdin and sys.stderr.isatty()
     each = not (show_progress and sys.stdout.isatty())  # a bar on a terminal replaces the lines
@@ -553,6 +749,7 @@ async def _send_text(
 @timeout_option
 @connect_timeout_option
 @retries_option(30)
+@security_options
 def chat(
     address: tuple[str, int],
     name: str | None,
@@ -560,6 +757,7 @@ def chat(
     timeout: float,
     connect_timeout: float,
     retries: int,
+    security: Security,
 ) -> None:
     """Talk with the server and, through it, other clients.
 
@@ -568,11 +766,17 @@ def chat(
     prompt. When the connection drops, the status line says so and telex reconnects.
     Ctrl-D or /quit leaves. Without a terminal, each stdin line is sent.
 
-    Exit codes: 0 left normally; 3 cannot connect; 4 gave up reconnecting.
+    With --tls and neither --fingerprint nor --cafile, the first contact shows the
+    server's fingerprint and asks; the answer is remembered (as ssh's known_hosts), and a
+    remembered fingerprint that changes is refused.
+
+    Exit codes: 0 left normally; 3 cannot connect; 4 gave up reconnecting; 5 the
+    certificate was refused; 6 the token was refused.
     """
     log_to_stderr(logging.WARNING)
     host, port = address
     out = Output(as_json)
+    interactive = sys.stdin.isatty() and sys.stdout.isatty() and not as_json
     session = ChatSession(
         host,
         port,
@@ -581,12 +785,11 @@ def chat(
         timeout=timeout,
         connect_timeout=connect_timeout,
         retries=retries,
+        **security.client_options(host, port, interactive=interactive),
     )
-    interactive = sys.stdin.isatty() and sys.stdout.isatty() and not as_json
     try:
-        code = run(session.run(interactive))
-    except ConnectError as exc:
-        fail(f"cannot connect: {exc}", EXIT_CONNECT)
+        with client_errors():
+            code = run(session.run(interactive))
     except KeyboardInterrupt:
         code = EXIT_OK
     sys.exit(code)
@@ -598,12 +801,14 @@ def chat(
 @json_option
 @connect_timeout_option
 @retries_option(10)
+@security_options
 def listen(
     address: tuple[str, int],
     name: str | None,
     as_json: bool,
     connect_timeout: float,
     retries: int,
+    security: Security,
 ) -> None:
     """Print every message that arrives, and acknowledge each once it is printed.
 
@@ -611,20 +816,26 @@ def listen(
     is reconnected (--retries times at most).
 
     Exit codes: 0 the server said goodbye, or stopped by a signal; 3 cannot connect;
-    4 the connection was lost and could not be made again.
+    4 the connection was lost and could not be made again; 5 the certificate was refused;
+    6 the token was refused.
     """
     sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
     log_to_stderr(logging.WARNING)
     host, port = address
-    try:
-        code = run(_listen(host, port, name, Output(as_json), connect_timeout, retries))
-    except ConnectError as exc:
-        fail(f"cannot connect: {exc}", EXIT_CONNECT)
+    options = security.client_options(host, port, interactive=False)
+    with client_errors():
+        code = run(_listen(host, port, name, Output(as_json), connect_timeout, retries, options))
     sys.exit(code)
 
 
 async def _listen(
-    host: str, port: int, name: str | None, out: Output, connect_timeout: float, retries: int
+    host: str,
+    port: int,
+    name: str | None,
+    out: Output,
+    connect_timeout: float,
+    retries: int,
+    options: dict[str, Any],
 ) -> int:
     client = AsyncClient(
         host,
@@ -636,6 +847,7 @@ async def _listen(
         retries=retries,
         stay_after_goodbye=False,
         on_state=lambda state: click.echo(f"telex: {state}", err=True),
+        **options,
     )
     stop = stop_on_signals()
     await client.connect()
@@ -741,6 +953,90 @@ def show_record(out: Output, record: Record) -> None:
     pending = "" if record.delivered is not None else out.style("  (not yet delivered)", dim=True)
     who = out.style(f"{sender} → {recipient}", fg="cyan")
     out.line(f"{out.style(stamp, dim=True)} {who}: {printable(record.body)}{pending}")
+
+
+# -- cert and user ------------------------------------------------------------------------
+
+
+@main.command()
+@click.option(
+    "--out",
+    "prefix",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=Path("telex"),
+    show_default=True,
+    help="Write PREFIX.pem (the certificate) and PREFIX.key (its key, owner-only).",
+)
+@click.option(
+    "--name",
+    "names",
+    multiple=True,
+    help="A host name or IP address it is for (repeat; default: this host's name, "
+    "localhost, 127.0.0.1).",
+)
+@click.option("--days", type=click.IntRange(1), default=825, show_default=True)
+@click.option(
+    "--show",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Print the fingerprint of an existing certificate instead.",
+)
+def cert(prefix: Path, names: tuple[str, ...], days: int, show: Path | None) -> None:
+    """Make a self-signed certificate for telex serve --tls, and print its fingerprint.
+
+    Clients pin it with --fingerprint, so no certificate authority is needed.
+    """
+    if show is not None:
+        try:
+            click.echo(fingerprint(show.read_bytes()))
+        except ValueError as exc:
+            fail(f"{show} is not a PEM certificate: {exc}", EXIT_USAGE)
+        return
+    for existing in (
+        prefix.with_name(prefix.name + ".pem"),
+        prefix.with_name(prefix.name + ".key"),
+    ):
+        if existing.exists():
+            fail(f"{existing} exists; remove it first, or choose another --out", EXIT_USAGE)
+    found = write_certificate(prefix, list(names) or default_names(), days)
+    click.echo(f"wrote {prefix}.pem and {prefix}.key", err=True)
+    click.echo(found)
+
+
+@main.group()
+def user() -> None:
+    """Manage the users file of telex serve --users."""
+
+
+@user.command("add")
+@click.argument("name")
+@click.option(
+    "--users",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=True,
+    help="The users file (made if missing).",
+)
+@click.option(
+    "--token-file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Use the token in this file (else a new random token is made and printed once).",
+)
+def user_add(name: str, users: Path, token_file: Path | None) -> None:
+    """Give NAME a token: only a client with it can hold the name."""
+    if not valid_name(name):
+        fail(f"{name!r} is not a name: 1 to 32 letters, digits, . _ -", EXIT_USAGE)
+    try:
+        token = load_token(token_file) if token_file is not None else None
+        table = Users(users)
+    except AuthError as exc:
+        fail(str(exc), EXIT_USAGE)
+    if token is None:
+        token = secrets.token_urlsafe(24)
+        click.echo(token)
+        click.echo(
+            f"telex: {name}'s token, shown once: keep it in a file for --token-file", err=True
+        )
+    table.add(name, token)
+    click.echo(f"telex: {name} added to {users}", err=True)
 
 
 # -- demo --------------------------------------------------------------------------------

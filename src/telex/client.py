@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import socket
+import ssl
 import uuid
 from collections import deque
 from collections.abc import (
@@ -23,11 +24,25 @@ from collections.abc import (
     Iterable,
     Iterator,
 )
+from ssl import SSLContext
 from typing import Any, cast
 
 from ._version import __version__
-from .events import Ack, Body, Goodbye, Message, PeerError, ProtocolViolation, Receipt, Welcome
+from .events import (
+    Ack,
+    Body,
+    Challenge,
+    ErrorCode,
+    Goodbye,
+    Message,
+    PeerError,
+    ProtocolViolation,
+    Receipt,
+    Welcome,
+)
 from .exceptions import (
+    AuthenticationFailed,
+    CertificateRejected,
     ConnectError,
     ConnectionClosed,
     MessageRejected,
@@ -37,6 +52,14 @@ from .exceptions import (
 )
 from .handlers import Reject, is_async, rejection_for
 from .protocol import DEFAULT_MAX_MESSAGE_SIZE, Connection, Role
+from .security import (
+    CertificateError,
+    KnownHosts,
+    answer_challenge,
+    check_certificate,
+    fingerprint,
+    stretch,
+)
 
 __all__ = ["AsyncClient", "connect", "connect_errors"]
 
@@ -56,6 +79,16 @@ def connect_errors(host: str, port: int, timeout: float) -> Iterator[None]:
     where = f"{host}:{port}"
     try:
         yield
+    except ssl.SSLCertVerificationError as exc:
+        raise CertificateRejected(
+            f"cannot verify the certificate of {where}: {exc.verify_message}; pin it with "
+            "--fingerprint, or trust its CA with --cafile"
+        ) from exc
+    except ssl.SSLError as exc:
+        raise ConnectError(
+            f"the TLS handshake with {where} failed ({exc.reason or exc}): "
+            "does it speak TLS? (leave out --tls for a plain server)"
+        ) from exc
     except socket.gaierror as exc:
         raise ConnectError(f"cannot resolve host {host!r}") from exc
     except ConnectionRefusedError as exc:
@@ -75,6 +108,8 @@ class _ClientProtocol(asyncio.Protocol):
         self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
         self.welcome: asyncio.Future[Welcome] = self.loop.create_future()
+        # Its failure is reported by connect(), or not at all once another error was.
+        self.welcome.add_done_callback(lambda f: f.cancelled() or f.exception())
         self.closed: asyncio.Future[None] = self.loop.create_future()
         self.failure: TelexError | None = None
         self.refusal: PeerError | None = None  # an ERROR from the server during the handshake
@@ -82,6 +117,8 @@ class _ClientProtocol(asyncio.Protocol):
         self.first_bytes = b""
         self.flush_scheduled = False
         self.can_write: asyncio.Future[None] | None = None
+        self.challenge: Challenge | None = None
+        self.verified = False  # the server's certificate (if any) passed our checks
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
@@ -101,6 +138,10 @@ class _ClientProtocol(asyncio.Protocol):
             elif type(event) is Receipt:
                 if client.on_receipt is not None:
                     client.on_receipt(event)
+            elif type(event) is Challenge:
+                self.challenge = event
+                if self.verified:
+                    client._answer_challenge(self)
             elif type(event) is Welcome:
                 if not self.welcome.done():
                     self.welcome.set_result(event)
@@ -179,6 +220,11 @@ class AsyncClient:
         session: str | None = None,
         on_state: Callable[[str], object] | None = None,
         on_receipt: Callable[[Receipt], object] | None = None,
+        ssl: SSLContext | None = None,
+        fingerprint: str | None = None,
+        known_hosts: KnownHosts | None = None,
+        trust: Callable[[str], bool] | None = None,
+        token: str | None = None,
     ) -> None:
         self.host = host
         self.port = port
@@ -194,6 +240,13 @@ class AsyncClient:
         self.session = session or uuid.uuid4().hex
         self.on_state = on_state
         self.on_receipt = on_receipt
+        self.ssl = ssl  # TLS; with a pin or known hosts, the caller's context need not verify
+        self.fingerprint = fingerprint  # the server certificate's SHA-256, pinned
+        self.known_hosts = known_hosts  # fingerprints remembered on first use
+        self.trust = trust  # asked about a fingerprint seen for the first time
+        self.token = token
+        self._keys: dict[bytes, bytes] = {}  # salt -> stretched token
+        self.server_fingerprint = ""
         self.server_limits: dict[str, Any] = {}
         self.server_agent = ""
         self._handler_is_async = handler is not None and is_async(handler)
@@ -230,11 +283,21 @@ class AsyncClient:
         loop = asyncio.get_running_loop()
         where = self.address
         conn = Connection(Role.CLIENT, max_message_size=self.max_message_size)
+        tls = self.ssl
         with connect_errors(self.host, self.port, self.connect_timeout):
             async with asyncio.timeout(self.connect_timeout):
                 _, protocol = await loop.create_connection(
-                    lambda: _ClientProtocol(self, conn), self.host, self.port
+                    lambda: _ClientProtocol(self, conn),
+                    self.host,
+                    self.port,
+                    ssl=tls,
+                    server_hostname=self.host if tls is not None and tls.check_hostname else None,
                 )
+        if tls is not None:
+            self._check_certificate(protocol)
+        protocol.verified = True
+        if protocol.challenge is not None:
+            self._answer_challenge(protocol)
         try:
             async with asyncio.timeout(self.connect_timeout):
                 welcome = await protocol.welcome
@@ -245,19 +308,28 @@ class AsyncClient:
                 "(for a plain line-based server, use --text)"
             ) from exc
         except ProtocolError as exc:
-            if protocol.refusal is not None:
-                raise ConnectError(f"{where} refused: {protocol.refusal.reason}") from exc
+            refusal = protocol.refusal
+            if refusal is not None and refusal.code == ErrorCode.AUTH_FAILED:
+                raise AuthenticationFailed(f"{where} refused the login: {refusal.reason}") from exc
+            if refusal is not None:
+                raise ConnectError(f"{where} refused: {refusal.reason}") from exc
             answer = protocol.first_bytes
+            if answer[:1] in (b"\x15", b"\x16") and answer[1:2] == b"\x03":
+                raise ConnectError(f"{where} speaks TLS: connect with --tls") from exc
             raise ConnectError(
                 f"{where} is not a telex server (it answered {answer!r})"
                 if answer
                 else f"{where} broke the handshake: {exc.reason}"
             ) from exc
         except ConnectionClosed as exc:
+            hint = "" if tls is not None else ", or expects TLS (--tls)"
             raise ConnectError(
                 f"{where} closed the connection during the handshake "
-                "(is it at its connection limit, or not a telex server?)"
+                f"(is it at its connection limit, or not a telex server{hint}?)"
             ) from exc
+        except AuthenticationFailed:
+            protocol.close()
+            raise
         self._conn = conn
         self._protocol = protocol
         self.server_limits = welcome.limits
@@ -266,6 +338,51 @@ class AsyncClient:
         self._stable_ids = welcome.stable_ids
         for msg_id, (body, to) in self._unacked.items():  # resend, in order, under their ids
             conn.send_message(body, name=to, msg_id=msg_id)
+        protocol.flush()
+
+    def _check_certificate(self, protocol: _ClientProtocol) -> None:
+        """A pinned or remembered fingerprint, or trust on first use; else the CA checked."""
+        assert protocol.transport is not None
+        ssl_object = protocol.transport.get_extra_info("ssl_object")
+        der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+        if der is None:
+            protocol.close()
+            raise CertificateRejected(f"{self.address} sent no certificate")
+        where = self.address
+        remembered = None if self.known_hosts is None else self.known_hosts.get(where)
+        try:
+            found = check_certificate(der, self.fingerprint or remembered)
+        except CertificateError as exc:
+            protocol.close()
+            if remembered is not None and not self.fingerprint:
+                raise CertificateRejected(
+                    f"THE CERTIFICATE OF {where} HAS CHANGED: it was {remembered}, it is now "
+                    f"{fingerprint(der)}. Someone may be intercepting the connection; if the "
+                    f"change is expected, remove {where} from {self.known_hosts.path}"  # type: ignore[union-attr]
+                ) from exc
+            raise CertificateRejected(str(exc)) from exc
+        self.server_fingerprint = found
+        if self.fingerprint is None and remembered is None and self.known_hosts is not None:
+            if self.trust is None or not self.trust(found):
+                protocol.close()
+                raise CertificateRejected(f"the certificate of {where} ({found}) is not trusted")
+            self.known_hosts.remember(where, found)
+
+    def _answer_challenge(self, protocol: _ClientProtocol) -> None:
+        challenge = protocol.challenge
+        assert challenge is not None
+        if self.token is None:
+            protocol.failure = AuthenticationFailed(
+                f"{self.address} needs a token: give --token-file, or set TELEX_TOKEN"
+            )
+            if not protocol.welcome.done():
+                protocol.welcome.set_exception(protocol.failure)
+            protocol.close()
+            return
+        key = self._keys.get(challenge.salt)
+        if key is None:
+            key = self._keys[challenge.salt] = stretch(self.token, challenge.salt)
+        protocol.conn.send_auth(answer_challenge(key, challenge.challenge))
         protocol.flush()
 
     def _connection_lost(self, protocol: _ClientProtocol) -> None:

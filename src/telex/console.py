@@ -291,6 +291,7 @@ class ChatSession:
         timeout: float,
         connect_timeout: float,
         retries: int = 30,
+        **client_options: Any,
     ) -> None:
         self.host, self.port, self.out = host, port, out
         self.state = "connecting"
@@ -307,6 +308,7 @@ class ChatSession:
             retries=retries,
             on_state=self._on_state,
             on_receipt=self._on_receipt,
+            **client_options,
         )
 
     def status(self) -> str:

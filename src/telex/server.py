@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import hmac
 import logging
 import secrets
 import time
@@ -407,6 +408,7 @@ class _PeerProtocol(asyncio.Protocol):
         self.flush_scheduled = False
         self.max_stored = 0  # this session's highest stored id: lower ones may be resends
         self.hello: Hello | None = None  # waiting for the answer to our challenge
+        self.text_login = False  # a text peer that must send AUTH <token> first
         self.key = b""
         self.challenge = b""
 
@@ -445,7 +447,8 @@ class _PeerProtocol(asyncio.Protocol):
         self.peer_done = True
         if not self.queue:
             self.close()
-        return True  # keep our side open until the answers are written
+        # Keep our side open until the answers are written (TLS cannot half-close).
+        return None if self.transport and self.transport.get_extra_info("ssl_object") else True
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.server.forget(self)
@@ -481,6 +484,16 @@ class _PeerProtocol(asyncio.Protocol):
             proto = TextConnection(max_message_size=size)
             self.peer.mode = "text"
             self.open = True
+            self.text_login = self.server.auth_required
+            transport = self.transport
+            if self.text_login and transport and transport.get_extra_info("ssl_object") is None:
+                self.proto = proto
+                self.fail(
+                    ErrorCode.AUTH_FAILED,
+                    "this server needs a token: send 'AUTH <token>' as the first line, "
+                    "over TLS (never in the clear)",
+                )
+                return proto
             log.info("%s: joined (text)", self.describe())
         self.proto = proto
         return proto
@@ -496,6 +509,8 @@ class _PeerProtocol(asyncio.Protocol):
         """Run the handler on every message, answer each, and write once."""
         proto = self.proto
         assert proto is not None
+        if self.text_login:
+            events = self._text_login(events)
         server = self.server
         if server.handler_is_async:
             self._handle_async(events)
@@ -770,6 +785,32 @@ class _PeerProtocol(asyncio.Protocol):
         elif type(event) is PeerError:
             log.warning("%s: peer reported error %d: %s", self.describe(), event.code, event.reason)
             self.close()
+
+    def _text_login(self, events: list[Event]) -> list[Event]:
+        """A text peer's first line must be ``AUTH <token>`` (or ``AUTH <name> <token>``
+        with a users file); the lines after it are messages."""
+        if not events:
+            return events
+        first = events[0]
+        if type(first) is not Message or type(first.body) is not str:
+            self.refuse_login("the first line must be AUTH <token>")
+            return []
+        words = first.body.split()
+        if len(words) not in (2, 3) or words[0] != "AUTH":
+            self.refuse_login("the first line must be AUTH <token>")
+            return []
+        name = words[1] if len(words) == 3 else None
+        found = self.server.auth_key(name)
+        key = None if found is None else found[0]
+        given = stretch(words[-1], b"" if found is None else found[1])
+        if key is None or not hmac.compare_digest(given, key):
+            self.refuse_login("wrong token")
+            return []
+        self.text_login = False
+        self.peer.name = name
+        assert self.proto is not None
+        self.proto.send_ack(first.id, "authenticated")
+        return events[1:]
 
     def _challenge(self, hello: Hello) -> None:
         """Ask for proof of the token; an unknown name gets a challenge it cannot answer
