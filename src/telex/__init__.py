@@ -20,6 +20,8 @@ from ._version import __version__
 from .client import AsyncClient, connect
 from .events import Ack, AckStatus, ErrorCode, Message
 from .exceptions import (
+    AuthenticationFailed,
+    CertificateRejected,
     ConnectError,
     ConnectionClosed,
     MessageRejected,
@@ -37,6 +39,8 @@ __all__ = [
     "Ack",
     "AckStatus",
     "AsyncClient",
+    "AuthenticationFailed",
+    "CertificateRejected",
     "Client",
     "ConnectError",
     "ConnectionClosed",

@@ -305,7 +305,7 @@ class AsyncClient:
             protocol.close()
             raise ConnectError(
                 f"{where} did not answer the telex handshake within {self.connect_timeout:g} s "
-                "(for a plain line-based server, use --text)"
+                "(for a plain line-based server, use --text; for a TLS one, --tls)"
             ) from exc
         except ProtocolError as exc:
             refusal = protocol.refusal

@@ -163,8 +163,6 @@ class Server:
             self.host,
             self.port,
             reuse_address=True,
-            ssl=self.ssl,
-            ssl_handshake_timeout=self.limits.handshake_timeout if self.ssl else None,
         )
         self.port = self._server.sockets[0].getsockname()[1]
         self._watchdog = asyncio.create_task(self._watch())
@@ -409,6 +407,9 @@ class _PeerProtocol(asyncio.Protocol):
         self.max_stored = 0  # this session's highest stored id: lower ones may be resends
         self.hello: Hello | None = None  # waiting for the answer to our challenge
         self.text_login = False  # a text peer that must send AUTH <token> first
+        self.tls_task: asyncio.Task[None] | None = None
+        self.tls_pending = False
+        self.early: list[bytes] = []
         self.key = b""
         self.challenge = b""
 
@@ -423,10 +424,51 @@ class _PeerProtocol(asyncio.Protocol):
             log.warning("%s: refused: connection limit reached", self.peer.address)
             self.transport.abort()
             return
+        if self.server.ssl is not None:
+            self.transport.pause_reading()  # not a byte before TLS: start_tls reads on
+            self.tls_pending = True
+            self.tls_task = asyncio.create_task(self._start_tls(self.transport))
+            return
         limit = self.server.limits.write_buffer_limit
         self.transport.set_write_buffer_limits(high=limit, low=limit // 4)
 
+    def _drop(self, transport: asyncio.Transport) -> None:
+        """End a connection whose TLS handshake failed (our protocol never saw it open)."""
+        transport.abort()
+        self.server.forget(self)
+
+    async def _start_tls(self, transport: asyncio.Transport) -> None:
+        """The TLS handshake, within the handshake time limit; a failure is one log line."""
+        context = self.server.ssl
+        assert context is not None
+        try:
+            tls = await self.loop.start_tls(
+                transport,
+                self,
+                context,
+                server_side=True,
+                ssl_handshake_timeout=self.server.limits.handshake_timeout,
+            )
+        except (OSError, TimeoutError, ConnectionError) as exc:
+            reason = getattr(exc, "reason", None) or str(exc) or type(exc).__name__
+            log.warning("%s: TLS handshake failed: %s", self.peer.address, reason)
+            self._drop(transport)
+            return
+        if tls is None:  # the peer went away during the handshake
+            self._drop(transport)
+            return
+        self.transport = tls
+        self.tls_pending = False
+        limit = self.server.limits.write_buffer_limit
+        tls.set_write_buffer_limits(high=limit, low=limit // 4)
+        early, self.early = self.early, []
+        for data in early:  # what came with the end of the handshake, now with a TLS transport
+            self.data_received(data)
+
     def data_received(self, data: bytes) -> None:
+        if self.tls_pending:
+            self.early.append(data)  # start_tls has not handed us the TLS transport yet
+            return
         self.last_heard = self.loop.time()
         self.pinged = False
         proto = self.proto
@@ -795,19 +837,23 @@ class _PeerProtocol(asyncio.Protocol):
         if type(first) is not Message or type(first.body) is not str:
             self.refuse_login("the first line must be AUTH <token>")
             return []
-        words = first.body.split()
-        if len(words) not in (2, 3) or words[0] != "AUTH":
+        command, _, rest = first.body.strip().partition(" ")
+        if command != "AUTH" or not rest.strip():
             self.refuse_login("the first line must be AUTH <token>")
             return []
-        name = words[1] if len(words) == 3 else None
-        found = self.server.auth_key(name)
+        # AUTH <name> <token> for a name in the users file; else the rest is the token.
+        name, _, token = rest.strip().partition(" ")
+        users = self.server.users
+        if users is None or users.get(name) is None or not token:
+            name, token = "", rest.strip()
+        found = self.server.auth_key(name or None)
         key = None if found is None else found[0]
-        given = stretch(words[-1], b"" if found is None else found[1])
+        given = stretch(token, b"" if found is None else found[1])
         if key is None or not hmac.compare_digest(given, key):
             self.refuse_login("wrong token")
             return []
         self.text_login = False
-        self.peer.name = name
+        self.peer.name = name or None
         assert self.proto is not None
         self.proto.send_ack(first.id, "authenticated")
         return events[1:]
@@ -837,7 +883,12 @@ class _PeerProtocol(asyncio.Protocol):
         log.warning("%s: login refused: %s", self.describe(), reason)
         if self.transport is not None:
             self.transport.pause_reading()
-        self.loop.call_later(delay, self.fail, ErrorCode.AUTH_FAILED, f"login refused: {reason}")
+        if delay:
+            self.loop.call_later(
+                delay, self.fail, ErrorCode.AUTH_FAILED, f"login refused: {reason}"
+            )
+        else:
+            self.fail(ErrorCode.AUTH_FAILED, f"login refused: {reason}")
 
     def _welcome(self, event: Hello) -> None:
         proto = self.proto
@@ -885,6 +936,10 @@ class _PeerProtocol(asyncio.Protocol):
 
     def begin_goodbye(self) -> None:
         """Server shutdown: answer what arrived, then say goodbye."""
+        if self.tls_pending and self.tls_task is not None and self.transport is not None:
+            self.tls_task.cancel()
+            self._drop(self.transport)
+            return
         if not self.open:
             self.close()
         elif not self.queue:

@@ -1,0 +1,343 @@
+"""TLS, pinned certificates, tokens that never cross the wire, names that belong to someone."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import os
+import shutil
+import socket
+import ssl
+import stat
+import subprocess
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+import telex
+from telex import frames
+from telex.events import Challenge, ErrorCode, PeerError, Welcome
+from telex.frames import FrameType
+from telex.protocol import Connection, Role
+from telex.security import (
+    KnownHosts,
+    Users,
+    answer_challenge,
+    client_context,
+    server_context,
+    write_certificate,
+)
+from telex.server import Server
+
+from .conftest import TIMEOUT
+from .test_cli import TELEX, one_clear_line
+from .test_cli import telex as run_telex
+
+TOKEN = "correct horse battery staple"
+
+
+@pytest.fixture
+def certificate(tmp_path: Path) -> tuple[Path, str]:
+    prefix = tmp_path / "server"
+    return prefix, write_certificate(prefix, ["localhost", "127.0.0.1"])
+
+
+def context_of(prefix: Path) -> ssl.SSLContext:
+    return server_context(
+        prefix.with_name(prefix.name + ".pem"), prefix.with_name(prefix.name + ".key")
+    )
+
+
+@pytest.fixture
+async def secured(certificate: tuple[Path, str]) -> AsyncIterator[tuple[Server, str]]:
+    prefix, found = certificate
+    async with Server(port=0, ssl=context_of(prefix), token=TOKEN) as server:
+        yield server, found
+
+
+def pinned(found: str, **options: object) -> dict[str, object]:
+    return {"ssl": client_context(verify=False), "fingerprint": found, **options}
+
+
+async def test_both_ways_over_tls_with_a_token(secured: tuple[Server, str]) -> None:
+    server, found = secured
+    got: list[telex.Message] = []
+    async with telex.connect(
+        "127.0.0.1", server.port, name="alice", handler=got.append, **pinned(found, token=TOKEN)
+    ) as client:
+        assert (await client.send("over TLS")).reply == "received"
+        assert (await server.send("alice", "and back")).ok
+        assert client.server_fingerprint == found
+    assert [m.body for m in got] == ["and back"]
+
+
+def test_cert_writes_a_key_only_its_owner_reads(certificate: tuple[Path, str]) -> None:
+    prefix, found = certificate
+    mode = stat.S_IMODE(os.stat(prefix.with_name(prefix.name + ".key")).st_mode)
+    assert mode == 0o600
+    assert found.startswith("SHA256:") and len(found) == 7 + 32 * 3 - 1
+
+
+async def test_a_wrong_pin_is_refused(secured: tuple[Server, str]) -> None:
+    server, _ = secured
+    wrong = "SHA256:" + ":".join(["AB"] * 32)
+    with pytest.raises(telex.CertificateRejected, match="not the pinned"):
+        await telex.connect("127.0.0.1", server.port, **pinned(wrong, token=TOKEN))
+
+
+async def test_an_unverifiable_certificate_is_refused(secured: tuple[Server, str]) -> None:
+    server, _ = secured
+    with pytest.raises(telex.CertificateRejected, match="self-signed"):
+        await telex.connect("127.0.0.1", server.port, ssl=client_context(), token=TOKEN)
+
+
+async def test_a_changed_remembered_certificate_is_refused(
+    secured: tuple[Server, str], tmp_path: Path
+) -> None:
+    server, found = secured
+    known = KnownHosts(tmp_path / "known_hosts")
+    options = {"ssl": client_context(verify=False), "known_hosts": known, "token": TOKEN}
+    asked: list[str] = []
+    async with telex.connect(
+        "127.0.0.1", server.port, trust=lambda f: asked.append(f) or True, **options
+    ):
+        pass
+    assert asked == [found]
+    assert known.get(f"127.0.0.1:{server.port}") == found  # remembered
+    async with telex.connect("127.0.0.1", server.port, **options):
+        pass  # the same certificate: no question
+    known.remember(f"127.0.0.1:{server.port}", "SHA256:" + ":".join(["CD"] * 32))
+    with pytest.raises(telex.CertificateRejected, match="HAS CHANGED"):
+        await telex.connect("127.0.0.1", server.port, **options)
+
+
+async def test_an_expired_certificate_is_refused(tmp_path: Path) -> None:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.UTC)
+    old = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(now - datetime.timedelta(days=30))
+        .not_valid_after(now - datetime.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    (tmp_path / "old.pem").write_bytes(old.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "old.key").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    found = telex.security.fingerprint((tmp_path / "old.pem").read_bytes())
+    async with Server(port=0, ssl=context_of(tmp_path / "old")) as server:
+        with pytest.raises(telex.CertificateRejected, match="expired"):
+            await telex.connect("127.0.0.1", server.port, **pinned(found))
+
+
+async def test_a_wrong_token_and_no_token(secured: tuple[Server, str]) -> None:
+    server, found = secured
+    with pytest.raises(telex.AuthenticationFailed, match="wrong token"):
+        await telex.connect("127.0.0.1", server.port, **pinned(found, token="guess"))
+    with pytest.raises(telex.AuthenticationFailed, match="needs a token"):
+        await telex.connect("127.0.0.1", server.port, **pinned(found))
+    assert server.stats()["auth_failures"] >= 1
+
+
+async def raw_login(port: int, answer_for: bytes | None = None) -> tuple[bytes, list[object]]:
+    """Log in by hand over TLS; answer with ``answer_for`` (a recorded answer) if given.
+    Returns the challenge and what the server said after the answer."""
+    reader, writer = await asyncio.open_connection(
+        "127.0.0.1", port, ssl=client_context(verify=False)
+    )
+    conn = Connection(Role.CLIENT)
+    conn.initiate(name="replayer")
+    writer.write(conn.data_to_send())
+    events: list[object] = []
+    async with asyncio.timeout(TIMEOUT):
+        while not any(isinstance(e, Challenge) for e in events):
+            events += conn.receive_data(await reader.read(4096))
+    challenge = next(e for e in events if isinstance(e, Challenge)).challenge
+    answer = answer_for or answer_challenge(TOKEN.encode(), challenge)
+    writer.write(frames.json_frame(FrameType.AUTH, {"answer": answer.hex()}))
+    after: list[object] = []
+    async with asyncio.timeout(TIMEOUT):
+        while not any(isinstance(e, Welcome | PeerError) for e in after):
+            data = await reader.read(4096)
+            if not data:
+                break
+            after += conn.receive_data(data)
+    writer.close()
+    return answer, after
+
+
+async def test_a_recorded_answer_cannot_be_replayed(secured: tuple[Server, str]) -> None:
+    server, _ = secured
+    recorded, after = await raw_login(server.port)
+    assert any(isinstance(e, Welcome) for e in after)  # it was a good answer there
+    _, replayed = await raw_login(server.port, answer_for=recorded)
+    errors = [e for e in replayed if isinstance(e, PeerError)]
+    assert errors and errors[0].code == ErrorCode.AUTH_FAILED
+
+
+async def test_plain_tcp_to_tls_and_tls_to_plain(secured: tuple[Server, str]) -> None:
+    server, found = secured
+    with pytest.raises(telex.ConnectError, match="expects TLS"):
+        await telex.connect("127.0.0.1", server.port, token=TOKEN)
+    async with Server(port=0) as plain:
+        with pytest.raises(telex.ConnectError, match="does it speak TLS"):
+            await telex.connect("127.0.0.1", plain.port, **pinned(found))
+
+
+async def test_a_silent_tls_peer_is_dropped(certificate: tuple[Path, str]) -> None:
+    prefix, _ = certificate
+    limits = telex.Limits(handshake_timeout=0.3)
+    async with Server(port=0, ssl=context_of(prefix), limits=limits) as server:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        async with asyncio.timeout(TIMEOUT):
+            assert await reader.read() == b""  # closed without a TLS handshake
+        writer.close()
+
+
+async def test_failed_logins_slow_down_that_address_only(secured: tuple[Server, str]) -> None:
+    server, found = secured
+    assert [server.penalty("10.0.0.9") for _ in range(8)] == [0, 0, 0, 0, 0, 1, 2, 4]
+    assert server.penalty("10.0.0.10") == 0  # another address is not slowed
+    for _ in range(6):  # 127.0.0.1 fails enough to be slowed down itself
+        with pytest.raises(telex.AuthenticationFailed):
+            await telex.connect("127.0.0.1", server.port, **pinned(found, token="guess"))
+    slowed = asyncio.ensure_future(
+        telex.connect("127.0.0.1", server.port, **pinned(found, token="guess"))
+    )
+    async with telex.connect("127.0.0.1", server.port, **pinned(found, token=TOKEN)) as good:
+        assert (await good.send("not slowed")).ok
+        assert not slowed.done()  # the bad one still waits for its answer
+    with pytest.raises(telex.AuthenticationFailed):
+        await slowed
+
+
+async def test_names_belong_to_someone(certificate: tuple[Path, str], tmp_path: Path) -> None:
+    prefix, found = certificate
+    users = Users(tmp_path / "users")
+    users.add("alice", "alice's token")
+    assert "alice's token" not in (tmp_path / "users").read_text()
+    async with Server(port=0, ssl=context_of(prefix), users=Users(tmp_path / "users")) as server:
+        async with telex.connect(
+            "127.0.0.1", server.port, name="alice", **pinned(found, token="alice's token")
+        ) as alice:
+            assert (await alice.send("it is me")).ok
+        with pytest.raises(telex.AuthenticationFailed):
+            await telex.connect(
+                "127.0.0.1", server.port, name="alice", **pinned(found, token="not hers")
+            )
+        with pytest.raises(telex.AuthenticationFailed):  # no users-file name, no shared token
+            await telex.connect(
+                "127.0.0.1", server.port, name="mallory", **pinned(found, token="x")
+            )
+
+
+# -- real peers --------------------------------------------------------------------------------
+
+
+def tls_text_peer(command: list[str], lines: str) -> str:
+    """Run a TLS text peer, give it ``lines``, return what it printed before we stop it."""
+    process = subprocess.Popen(
+        command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
+    )
+    try:
+        out, _ = process.communicate(lines.encode(), timeout=3)
+    except subprocess.TimeoutExpired:  # they keep the connection after stdin ends
+        process.kill()
+        out, _ = process.communicate()
+    return out.decode()
+
+
+@pytest.mark.parametrize("peer", ["openssl", "socat"])
+async def test_tls_text_peers_with_auth(secured: tuple[Server, str], peer: str) -> None:
+    server, _ = secured
+    tool = shutil.which(peer)
+    if tool is None:
+        pytest.skip(f"{peer} is not installed")
+    address = f"127.0.0.1:{server.port}"
+    command = (
+        [tool, "s_client", "-quiet", "-connect", address]
+        if peer == "openssl"
+        else [tool, "-t", "2", "-", f"OPENSSL:{address},verify=0"]
+    )
+    out = await asyncio.to_thread(tls_text_peer, command, f"AUTH {TOKEN}\nhello from {peer}\n")
+    assert out.splitlines()[:2] == ["ack 1: authenticated", "ack 2: received"]
+    bad = await asyncio.to_thread(tls_text_peer, command, "AUTH nope\nhello\n")
+    assert bad.splitlines() == ["error: login refused: wrong token"]
+
+
+async def test_a_text_peer_is_told_to_use_tls(tmp_path: Path) -> None:
+    async with Server(port=0, token=TOKEN) as server:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(f"AUTH {TOKEN}\n".encode())
+        async with asyncio.timeout(TIMEOUT):
+            answer = await reader.read()
+        writer.close()
+    assert answer.startswith(b"error: this server needs a token")
+    assert b"over TLS" in answer
+
+
+# -- the commands -----------------------------------------------------------------------------
+
+
+def test_cli_refusals_have_their_own_exit_codes(
+    certificate: tuple[Path, str], tmp_path: Path
+) -> None:
+    prefix, found = certificate
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN + "\n")
+    wrong_file = tmp_path / "wrong"
+    wrong_file.write_text("nope\n")
+    db = tmp_path / "t.db"
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen(
+        [*TELEX, "serve", "--port", str(port), "--tls", str(prefix), "--token-file",
+         str(token_file), "--db", str(db), "--quiet", "--handshake-timeout", "1"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert server.stdout is not None
+        assert "listening" in server.stdout.readline()
+        address = f"127.0.0.1:{port}"
+        good = run_telex(
+            "send", address, "--fingerprint", found, "--token-file", str(token_file), "hi"
+        )
+        assert good.returncode == 0, good.stderr
+        one_clear_line(
+            run_telex(
+                "send", address, "--fingerprint", found, "--token-file", str(wrong_file), "x"
+            ),
+            6,
+            "authentication failed",
+        )
+        one_clear_line(
+            run_telex("send", address, "--fingerprint", "SHA256:" + "00" * 32, "x"),
+            5,
+            "certificate refused",
+        )
+        one_clear_line(run_telex("send", address, "--tls", "x"), 5, "self-signed")
+        # plain TCP to the TLS port: the server drops it after its handshake time limit
+        one_clear_line(run_telex("send", address, "--connect-timeout", "5", "x"), 3, "TLS")
+        insecure = run_telex("send", address, "--insecure", "--token-file", str(token_file), "y")
+        assert insecure.returncode == 0 and "WARNING: --insecure" in insecure.stderr
+    finally:
+        server.terminate()
+        _, err = server.communicate(timeout=TIMEOUT)
+    assert "Traceback" not in err
+    assert "TLS handshake failed" in err  # the plain TCP client: one line in the log
