@@ -341,3 +341,73 @@ def test_cli_refusals_have_their_own_exit_codes(
         _, err = server.communicate(timeout=TIMEOUT)
     assert "Traceback" not in err
     assert "TLS handshake failed" in err  # the plain TCP client: one line in the log
+
+
+def test_send_chat_and_listen_over_tls_with_a_token(
+    certificate: tuple[Path, str], tmp_path: Path
+) -> None:
+    prefix, found = certificate
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN + "\n")
+    secure = ["--fingerprint", found, "--token-file", str(token_file)]
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, "XDG_CONFIG_HOME": str(tmp_path / "config")}
+    server = subprocess.Popen(
+        [*TELEX, "serve", "--port", str(port), "--tls", str(prefix), "--token-file",
+         str(token_file), "--db", str(tmp_path / "t.db"), "--quiet"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    address = f"127.0.0.1:{port}"
+    listener = None
+    try:
+        assert server.stdout is not None
+        assert "listening" in server.stdout.readline()
+        listener = subprocess.Popen(
+            [*TELEX, "listen", address, "--name", "bob", "--json", *secure],
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        assert listener.stderr is not None and listener.stdout is not None
+        assert "listening as bob" in listener.stderr.readline()
+        chat = subprocess.run(
+            [*TELEX, "chat", address, "--name", "alice", *secure],
+            input="hi server\n@bob hi bob\n", capture_output=True, text=True, timeout=TIMEOUT,
+            env=env,
+        )  # fmt: skip
+        assert chat.returncode == 0, chat.stderr
+        assert "✓ server acknowledged #1: received" in chat.stdout
+        assert "hi bob" in listener.stdout.readline()
+        # a remembered fingerprint that changed: refused, loudly, exit 5
+        known = tmp_path / "config" / "telex" / "known_hosts"
+        known.parent.mkdir(parents=True)
+        known.write_text(f"{address} SHA256:{':'.join(['EE'] * 32)}\n")
+        changed = subprocess.run(
+            [*TELEX, "send", address, "--tls", "--token-file", str(token_file), "x"],
+            capture_output=True, text=True, timeout=TIMEOUT, env=env,
+        )  # fmt: skip
+        one_clear_line(changed, 5, "HAS CHANGED")
+    finally:
+        for process in (listener, server):
+            if process is not None:
+                process.terminate()
+                process.communicate(timeout=TIMEOUT)
+
+
+def test_a_tls_client_to_a_plain_server_is_one_line_and_exit_3(tmp_path: Path) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen(
+        [*TELEX, "serve", "--port", str(port), "--no-store", "--quiet"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )  # fmt: skip
+    try:
+        assert server.stdout is not None
+        assert "listening" in server.stdout.readline()
+        result = run_telex("send", f"127.0.0.1:{port}", "--insecure", "x")
+        assert result.returncode == 3
+        assert "does it speak TLS" in result.stderr and "Traceback" not in result.stderr
+    finally:
+        server.terminate()
+        server.communicate(timeout=TIMEOUT)
