@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import socket
+import ssl
 import statistics
 import struct
 import time
@@ -24,9 +25,17 @@ from telex.frames import FrameType
 ACK_SIZE = frames.ACK_HEAD.size + len(b"received")
 
 
+TLS = False  # --tls: the same load over TLS 1.2+ (the certificate is not checked here)
+
+
 def connect(port: int) -> socket.socket:
     sock = socket.create_connection(("127.0.0.1", port))
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    if TLS:
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        sock = context.wrap_socket(sock)
     sock.sendall(frames.PREAMBLE + frames.json_frame(FrameType.HELLO, {"version": 1}))
     data = b""
     while len(data) < 13 or len(data) < 12 + struct.unpack_from(">I", data, 8)[0]:
@@ -131,7 +140,10 @@ def main() -> None:
     parser.add_argument("--window", type=int, default=1000)
     parser.add_argument("--latency", type=int, default=0, help="round trips to time instead")
     parser.add_argument("--push", action="store_true", help="the server sends, the client acks")
+    parser.add_argument("--tls", action="store_true", help="connect over TLS")
     args = parser.parse_args()
+    global TLS
+    TLS = args.tls
     if args.push:
         print(json.dumps(pushed(args.port, args.size, args.count)))
     elif args.latency:

@@ -52,6 +52,23 @@ def medians(
     return [statistics.median(runs[kind]) for kind in kinds]
 
 
+def medians_pair(
+    kind_a: str,
+    args_a: list[str],
+    kind_b: str,
+    args_b: list[str],
+    options: argparse.Namespace,
+    key: str = "per_second",
+) -> tuple[float, float]:
+    """As ``medians``, for two kinds that need different load arguments."""
+    runs: tuple[list[float], list[float]] = ([], [])
+    for _ in range(options.repeat):
+        for kind, args, found in ((kind_a, args_a, runs[0]), (kind_b, args_b, runs[1])):
+            with server(kind, options.uvloop) as port:
+                found.append(load(port, *args)[key])
+    return statistics.median(runs[0]), statistics.median(runs[1])
+
+
 def row(label: str, a: float, b: float, digits: int = 0) -> None:
     print(f"{label:<38} {a:>12,.{digits}f} {b:>12,.{digits}f} {a / b:>7.2f}", flush=True)
 
@@ -77,10 +94,8 @@ def main() -> None:
         telex, bare = medians(["telex" + variant, "bare" + variant], args, "per_second", options)
         row(label, telex, bare)
     rounds = ["--size", "64", "--latency", str(20_000 // scale)]
-    for key, label in (
-        ("p50_us", "round trip 64 B, p50 µs"),
-        ("p99_us", "round trip 64 B, p99 µs"),
-    ):
+    latencies = (("p50_us", "round trip 64 B, p50 µs"), ("p99_us", "round trip 64 B, p99 µs"))
+    for key, label in latencies:
         telex, bare = medians(["telex", "bare"], rounds, key, options)
         row(label, telex, bare, digits=1)
 
@@ -94,6 +109,15 @@ def main() -> None:
     each = medians(["telex-commit-each"], ["--size", "64", "--count", str(30_000 // scale)],
                    "per_second", options)[0]  # fmt: skip
     row("a commit per message (sync normal)", each, off)
+
+    print(f"\n{'TLS, 64 B':<38} {'TLS':>12} {'plain TCP':>12} {'ratio':>7}")
+    args = ["--size", "64", "--count", str(1_000_000 // scale)]
+    tls, plain = medians_pair("telex-tls", ["--tls", *args], "telex", args, options)
+    row("pipelined, msg/s", tls, plain)
+    rounds = ["--size", "64", "--latency", str(20_000 // scale)]
+    for key, label in latencies:
+        tls, plain = medians_pair("telex-tls", ["--tls", *rounds], "telex", rounds, options, key)
+        row(label.replace("round trip 64 B", "round trip"), tls, plain, digits=1)
 
 
 if __name__ == "__main__":

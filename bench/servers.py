@@ -28,6 +28,7 @@ from typing import Any
 import telex
 from telex import frames
 from telex.frames import ACK_HEAD, PREAMBLE, FrameType
+from telex.security import server_context, write_certificate
 from telex.store import Store
 from telex.tuning import retain_freed_memory
 
@@ -179,6 +180,8 @@ def telex_setup(kind: str) -> tuple[Any, Store | None]:
     if kind == "telex-push":
         return start_push, None
     folder = Path(tempfile.mkdtemp(prefix="telex-bench-"))
+    if kind == "telex-tls":
+        return None, None
     if kind in ("telex-normal", "telex-full"):
         return None, Store(folder / "bench.db", sync=kind.removeprefix("telex-"))
     if kind == "telex-commit-each":
@@ -208,7 +211,12 @@ async def serve(kind: str) -> None:
         port = server.sockets[0].getsockname()[1]
     else:  # the default handler (reply "received"), or the one that starts pushing
         handler, store = telex_setup(kind)
-        telex_server = _server = telex.Server(handler, port=0, store=store)
+        context = None
+        if kind == "telex-tls":
+            prefix = Path(tempfile.mkdtemp(prefix="telex-bench-")) / "bench"
+            write_certificate(prefix, ["127.0.0.1"])
+            context = server_context(prefix.with_suffix(".pem"), prefix.with_suffix(".key"))
+        telex_server = _server = telex.Server(handler, port=0, store=store, ssl=context)
         await telex_server.start()
         port = telex_server.port
     print(port, flush=True)
@@ -228,6 +236,7 @@ def main() -> None:
             "telex-normal",
             "telex-full",
             "telex-commit-each",
+            "telex-tls",
         ],
     )
     parser.add_argument("--uvloop", action="store_true")
