@@ -29,7 +29,7 @@ def need(tool: str) -> str:
     if path is None:
         if os.environ.get("TELEX_REQUIRE_PEERS"):
             pytest.fail(f"{tool} is not installed")
-        pytest.skip(f"{tool} is not installed (apt-get install netcat-openbsd socat tmux)")
+        pytest.skip(f"{tool} is not installed (apt-get install netcat-openbsd socat tmux openssl)")
     return path
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import datetime
 import os
-import shutil
 import socket
 import ssl
 import stat
@@ -31,7 +30,7 @@ from telex.security import (
 from telex.server import Server
 
 from .conftest import TIMEOUT
-from .test_cli import TELEX, one_clear_line
+from .test_cli import TELEX, need, one_clear_line
 from .test_cli import telex as run_telex
 
 TOKEN = "correct horse battery staple"
@@ -265,9 +264,7 @@ def tls_text_peer(command: list[str], lines: str) -> str:
 @pytest.mark.parametrize("peer", ["openssl", "socat"])
 async def test_tls_text_peers_with_auth(secured: tuple[Server, str], peer: str) -> None:
     server, _ = secured
-    tool = shutil.which(peer)
-    if tool is None:
-        pytest.skip(f"{peer} is not installed")
+    tool = need(peer)
     address = f"127.0.0.1:{server.port}"
     command = (
         [tool, "s_client", "-quiet", "-connect", address]
