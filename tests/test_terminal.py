@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -115,3 +116,27 @@ def test_chat_between_two_clients_and_reconnect(terminal: Terminal) -> None:
     terminal.type("alice", "back again")  # the session numbers on: this is alice's #2
     terminal.wait_for("serve2", "alice #2 back again")
     terminal.wait_for("alice", "✓ server acknowledged #2: received")
+
+
+def test_chat_over_tls_asks_on_first_contact_and_remembers(
+    terminal: Terminal, tmp_path: Path
+) -> None:
+    from telex.security import write_certificate
+
+    prefix = tmp_path / "server"
+    found = write_certificate(prefix, ["127.0.0.1"])
+    port = str(closed_port())
+    config = tmp_path / "config"
+    terminal.start(
+        "serve", *TELEX, "serve", "--port", port, "--tls", str(prefix), "--db", temp_db()
+    )
+    terminal.wait_for("serve", "listening")
+    chat = ["env", f"XDG_CONFIG_HOME={config}", *TELEX, "chat", f"127.0.0.1:{port}", "--tls"]
+    terminal.start("first", *chat, "--name", "alice")
+    terminal.wait_for("first", found)  # the fingerprint, shown
+    terminal.type("first", "y")
+    terminal.wait_for("serve", "alice joined")
+    assert found in (config / "telex" / "known_hosts").read_text()
+    terminal.type("first", "/quit")
+    terminal.start("again", *chat, "--name", "bob")  # remembered: no question this time
+    terminal.wait_for("serve", "bob joined")
