@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import datetime
 import os
-import socket
 import ssl
 import stat
 import subprocess
@@ -30,7 +29,7 @@ from telex.security import (
 from telex.server import Server
 
 from .conftest import TIMEOUT
-from .test_cli import TELEX, need, one_clear_line
+from .test_cli import TELEX, closed_port, need, one_clear_line
 from .test_cli import telex as run_telex
 
 TOKEN = "correct horse battery staple"
@@ -300,9 +299,7 @@ def test_cli_refusals_have_their_own_exit_codes(
     wrong_file = tmp_path / "wrong"
     wrong_file.write_text("nope\n")
     db = tmp_path / "t.db"
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = closed_port()
     server = subprocess.Popen(
         [*TELEX, "serve", "--port", str(port), "--tls", str(prefix), "--token-file",
          str(token_file), "--db", str(db), "--quiet", "--handshake-timeout", "1"],
@@ -347,9 +344,7 @@ def test_send_chat_and_listen_over_tls_with_a_token(
     token_file = tmp_path / "token"
     token_file.write_text(TOKEN + "\n")
     secure = ["--fingerprint", found, "--token-file", str(token_file)]
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = closed_port()
     env = {**os.environ, "XDG_CONFIG_HOME": str(tmp_path / "config")}
     server = subprocess.Popen(
         [*TELEX, "serve", "--port", str(port), "--tls", str(prefix), "--token-file",
@@ -392,9 +387,7 @@ def test_send_chat_and_listen_over_tls_with_a_token(
 
 
 def test_a_tls_client_to_a_plain_server_is_one_line_and_exit_3(tmp_path: Path) -> None:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = closed_port()
     server = subprocess.Popen(
         [*TELEX, "serve", "--port", str(port), "--no-store", "--quiet"],
         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
