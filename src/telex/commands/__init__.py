@@ -1,0 +1,1 @@
+"""The subcommands of ``telex``, a module each; ``telex.cli`` gathers them."""

@@ -1,0 +1,157 @@
+"""telex chat and telex listen: the clients that also receive."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from typing import Any
+
+import click
+
+from ..client import AsyncClient
+from ..console import (
+    ChatSession,
+    Output,
+    show_message,
+)
+from .common import (
+    EXIT_LOST,
+    EXIT_OK,
+    Address,
+    Security,
+    client_errors,
+    connect_timeout_option,
+    json_option,
+    log_to_stderr,
+    retries_option,
+    run,
+    security_options,
+    stop_on_signals,
+    timeout_option,
+)
+
+# -- chat and listen ---------------------------------------------------------------------
+
+
+@click.command()
+@click.argument("address", type=Address())
+@click.option("--name", help="Your name on the server (default: one it makes up).")
+@json_option
+@timeout_option
+@connect_timeout_option
+@retries_option(30)
+@security_options
+def chat(
+    address: tuple[str, int],
+    name: str | None,
+    as_json: bool,
+    timeout: float,
+    connect_timeout: float,
+    retries: int,
+    security: Security,
+) -> None:
+    """Talk with the server and, through it, other clients.
+
+    Type a line to send it to the server, '@NAME text' to send it to another client.
+    Each message is marked once it is acknowledged; what arrives shows above the
+    prompt. When the connection drops, the status line says so and telex reconnects.
+    Ctrl-D or /quit leaves. Without a terminal, each stdin line is sent.
+
+    With --tls and neither --fingerprint nor --cafile, the first contact shows the
+    server's fingerprint and asks; the answer is remembered (as ssh's known_hosts), and a
+    remembered fingerprint that changes is refused.
+
+    Exit codes: 0 left normally; 3 cannot connect; 4 gave up reconnecting; 5 the
+    certificate was refused; 6 the token was refused.
+    """
+    log_to_stderr(logging.WARNING)
+    host, port = address
+    out = Output(as_json)
+    interactive = sys.stdin.isatty() and sys.stdout.isatty() and not as_json
+    session = ChatSession(
+        host,
+        port,
+        out,
+        name=name,
+        timeout=timeout,
+        connect_timeout=connect_timeout,
+        retries=retries,
+        **security.client_options(host, port, interactive=interactive),
+    )
+    try:
+        with client_errors():
+            code = run(session.run(interactive))
+    except KeyboardInterrupt:
+        code = EXIT_OK
+    sys.exit(code)
+
+
+@click.command()
+@click.argument("address", type=Address())
+@click.option("--name", help="Your name on the server (default: one it makes up).")
+@json_option
+@connect_timeout_option
+@retries_option(10)
+@security_options
+def listen(
+    address: tuple[str, int],
+    name: str | None,
+    as_json: bool,
+    connect_timeout: float,
+    retries: int,
+    security: Security,
+) -> None:
+    """Print every message that arrives, and acknowledge each once it is printed.
+
+    Runs until the server says goodbye or Ctrl-C (or SIGTERM). A connection that drops
+    is reconnected (--retries times at most).
+
+    Exit codes: 0 the server said goodbye, or stopped by a signal; 3 cannot connect;
+    4 the connection was lost and could not be made again; 5 the certificate was refused;
+    6 the token was refused.
+    """
+    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
+    log_to_stderr(logging.WARNING)
+    host, port = address
+    options = security.client_options(host, port, interactive=False)
+    with client_errors():
+        code = run(_listen(host, port, name, Output(as_json), connect_timeout, retries, options))
+    sys.exit(code)
+
+
+async def _listen(
+    host: str,
+    port: int,
+    name: str | None,
+    out: Output,
+    connect_timeout: float,
+    retries: int,
+    options: dict[str, Any],
+) -> int:
+    client = AsyncClient(
+        host,
+        port,
+        name=name,
+        connect_timeout=connect_timeout,
+        handler=lambda message: show_message(out, message),
+        reconnect=retries > 0,
+        retries=retries,
+        stay_after_goodbye=False,
+        on_state=lambda state: click.echo(f"telex: {state}", err=True),
+        **options,
+    )
+    stop = stop_on_signals()
+    await client.connect()
+    click.echo(f"telex: listening as {client.name} on {host}:{port}", err=True)
+    stopped = asyncio.create_task(stop.wait())
+    closed = asyncio.create_task(client.wait_closed())
+    await asyncio.wait([stopped, closed], return_when=asyncio.FIRST_COMPLETED)
+    stopped.cancel()
+    if stop.is_set():
+        await client.close()
+        return EXIT_OK
+    if client.server_said_goodbye:
+        return EXIT_OK
+    click.echo(f"telex: {client.failure_reason}", err=True)
+    return EXIT_LOST

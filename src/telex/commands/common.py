@@ -1,0 +1,319 @@
+"""What the subcommands share: running, failing, addresses, options, exit codes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import signal
+import ssl
+import sys
+from collections.abc import Callable, Coroutine, Iterator
+from pathlib import Path
+from typing import Any, TypeVar, cast
+
+import click
+import platformdirs
+
+from ..console import (
+    StderrHandler,
+)
+from ..exceptions import (
+    AuthenticationFailed,
+    CertificateRejected,
+    ConnectError,
+)
+from ..limits import Limits
+from ..security import (
+    AuthError,
+    KnownHosts,
+    client_context,
+    load_token,
+    normal_fingerprint,
+)
+from ..server import format_address
+
+EXIT_OK, EXIT_REJECTED, EXIT_USAGE, EXIT_CONNECT, EXIT_LOST = 0, 1, 2, 3, 4
+EXIT_CERTIFICATE, EXIT_AUTH = 5, 6
+
+T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def run(coroutine: Coroutine[Any, Any, T]) -> T:
+    """Run on uvloop when it is installed, else on asyncio's own loop."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coroutine)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(coroutine)
+
+
+def fail(message: str, code: int) -> None:
+    click.echo(f"telex: {message}", err=True)
+    sys.exit(code)
+
+
+def parse_address(value: str) -> tuple[str, int]:
+    """``HOST:PORT``, ``[IPv6]:PORT`` or a bare ``PORT`` (on 127.0.0.1)."""
+    host, sep, port = value.rpartition(":")
+    if not sep:
+        host, port = "127.0.0.1", value
+    host = host.removeprefix("[").removesuffix("]") or "127.0.0.1"
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise click.BadParameter(f"{value!r} is not HOST:PORT (a port is 1 to 65535)")
+    return host, int(port)
+
+
+class Address(click.ParamType):  # type: ignore[type-arg]
+    name = "HOST:PORT"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, tuple):
+            return value
+        try:
+            return parse_address(str(value))
+        except click.BadParameter as exc:
+            self.fail(exc.message, param, ctx)
+
+
+def default_db() -> Path:
+    """telex.db in the user's data directory, so telex log finds it from anywhere."""
+    return Path(platformdirs.user_data_dir("telex")) / "telex.db"
+
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON object a line.")
+timeout_option = click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=30.0,
+    show_default=True,
+    help="Seconds to wait for an acknowledgment.",
+)
+connect_timeout_option = click.option(
+    "--connect-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=10.0,
+    show_default=True,
+    help="Seconds to wait for the connection and handshake.",
+)
+db_option = click.option(
+    "--db",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help=f"The message store (default: {default_db()}).",
+)
+
+
+def security_options(function: F) -> F:
+    """--tls, --fingerprint, --cafile, --insecure, --token-file, gathered into ``security``."""
+
+    @functools.wraps(function)
+    def wrapper(
+        *args: Any,
+        tls: bool,
+        fingerprint: str | None,
+        cafile: Path | None,
+        insecure: bool,
+        token_file: Path | None,
+        **kwargs: Any,
+    ) -> Any:
+        kwargs["security"] = Security(tls, fingerprint, cafile, insecure, token_file)
+        return function(*args, **kwargs)
+
+    options = [
+        click.option("--tls", is_flag=True, help="Connect over TLS (1.2 or newer)."),
+        click.option(
+            "--fingerprint",
+            metavar="SHA256:…",
+            help="Trust only the server certificate with this fingerprint (telex cert prints "
+            "it); implies --tls.",
+        ),
+        click.option(
+            "--cafile",
+            type=click.Path(exists=True, dir_okay=False, path_type=Path),
+            help="Verify the server against this CA (or self-signed) certificate; implies --tls.",
+        ),
+        click.option(
+            "--insecure",
+            is_flag=True,
+            help="TLS without verifying the server at all: anyone between can read and change "
+            "everything. Implies --tls; warns every time.",
+        ),
+        click.option(
+            "--token-file",
+            type=click.Path(dir_okay=False, path_type=Path),
+            help="The token, if the server needs one (else TELEX_TOKEN; never an argument).",
+        ),
+    ]
+    for option in reversed(options):
+        wrapper = option(wrapper)
+    return cast(F, wrapper)
+
+
+class Security:
+    """What a client command was told about TLS and the token."""
+
+    def __init__(
+        self,
+        tls: bool,
+        fingerprint: str | None,
+        cafile: Path | None,
+        insecure: bool,
+        token_file: Path | None,
+    ) -> None:
+        self.tls = tls or bool(fingerprint or cafile or insecure)
+        self.fingerprint = fingerprint
+        self.cafile = cafile
+        self.insecure = insecure
+        self.token_file = token_file
+
+    def client_options(self, host: str, port: int, *, interactive: bool) -> dict[str, Any]:
+        """AsyncClient's keyword arguments for this: TLS, pin, known hosts, token."""
+        try:
+            options: dict[str, Any] = {"token": load_token(self.token_file)}
+        except AuthError as exc:
+            fail(str(exc), EXIT_USAGE)
+        if not self.tls:
+            return options
+        if self.fingerprint is not None:
+            try:
+                normal_fingerprint(self.fingerprint)
+            except ValueError as exc:
+                fail(str(exc), EXIT_USAGE)
+            options.update(ssl=client_context(verify=False), fingerprint=self.fingerprint)
+        elif self.insecure:
+            click.echo(
+                "telex: WARNING: --insecure: the server is not verified; anyone on the way "
+                "can read and change this connection",
+                err=True,
+            )
+            options.update(ssl=client_context(verify=False))
+        elif self.cafile is not None:
+            options.update(ssl=client_context(cafile=self.cafile))
+        else:
+            known = KnownHosts(Path(platformdirs.user_config_dir("telex")) / "known_hosts")
+            if interactive or known.get(f"{host}:{port}") is not None:
+                options.update(
+                    ssl=client_context(verify=False),
+                    known_hosts=known,
+                    trust=ask_trust(f"{host}:{port}") if interactive else None,
+                )
+            else:
+                options.update(ssl=client_context())  # the system's trust store
+        return options
+
+
+def ask_trust(address: str) -> Callable[[str], bool]:
+    def ask(found: str) -> bool:
+        click.echo(f"The server {address} presents a certificate with the fingerprint\n  {found}")
+        return click.confirm("Do you trust it (and remember it)?", default=False, err=True)
+
+    return ask
+
+
+@contextlib.contextmanager
+def client_errors() -> Iterator[None]:
+    """The ways a client command cannot start, each as one line and its exit code."""
+    try:
+        yield
+    except CertificateRejected as exc:
+        fail(f"certificate refused: {exc}", EXIT_CERTIFICATE)
+    except AuthenticationFailed as exc:
+        fail(f"authentication failed: {exc}", EXIT_AUTH)
+    except ConnectError as exc:
+        fail(f"cannot connect: {exc}", EXIT_CONNECT)
+
+
+def retries_option(default: int) -> Callable[[F], F]:
+    return click.option(
+        "--retries",
+        type=click.IntRange(0),
+        default=default,
+        show_default=True,
+        help="Reconnect attempts when a connection that was up drops (0: none).",
+    )
+
+
+def limit_options(function: Any) -> Any:
+    defaults = Limits()
+    options = [
+        click.option(
+            "--max-message-size",
+            type=click.IntRange(1),
+            show_default=True,
+            default=defaults.max_message_size,
+            help="Largest message in bytes.",
+        ),
+        click.option(
+            "--handshake-timeout",
+            type=click.FloatRange(min=0, min_open=True),
+            default=defaults.handshake_timeout,
+            show_default=True,
+            help="Seconds a new connection has to finish its handshake.",
+        ),
+        click.option(
+            "--idle-timeout",
+            type=click.FloatRange(min=0, min_open=True),
+            default=defaults.idle_timeout,
+            show_default=True,
+            help="Seconds of silence before a connection is closed (pings in between).",
+        ),
+        click.option(
+            "--max-connections",
+            type=click.IntRange(1),
+            show_default=True,
+            default=defaults.max_connections,
+            help="Connections at once.",
+        ),
+        click.option(
+            "--max-connections-per-address",
+            type=click.IntRange(1),
+            default=defaults.max_connections_per_address,
+            show_default=True,
+            help="Connections at once from one address.",
+        ),
+        click.option(
+            "--write-buffer-limit",
+            type=click.IntRange(1),
+            show_default=True,
+            default=defaults.write_buffer_limit,
+            help="Bytes queued for a slow reader before its sender is no longer read.",
+        ),
+    ]
+    for option in reversed(options):
+        function = option(function)
+    return function
+
+
+def one_line_for_tls_errors(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """A peer that fails the TLS handshake (plain TCP to a TLS port, a silent one) is one
+    log line, not a traceback."""
+    error = context.get("exception")
+    if isinstance(error, ssl.SSLError | ConnectionResetError | TimeoutError):
+        peer = context.get("transport")
+        where = peer.get_extra_info("peername") if peer is not None else None
+        logging.getLogger("telex.server").warning(
+            "%s: TLS handshake failed: %s",
+            format_address(where),
+            getattr(error, "reason", None) or error,
+        )
+        return
+    loop.default_exception_handler(context)
+
+
+def stop_on_signals() -> asyncio.Event:
+    """An event set by SIGINT or SIGTERM, so either ends the command cleanly."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    return stop
+
+
+def log_to_stderr(level: int) -> None:
+    handler = StderrHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", datefmt="%H:%M:%S"))
+    logging.basicConfig(level=level, handlers=[handler])

@@ -1,0 +1,257 @@
+"""telex send: messages from arguments or stdin, each acknowledgment printed."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+from collections.abc import AsyncIterator
+from typing import Any
+
+import click
+
+from ..client import AsyncClient
+from ..console import (
+    Output,
+    read_lines,
+)
+from ..events import Ack, Body
+from ..exceptions import (
+    ConnectError,
+    ConnectionClosed,
+    TelexError,
+)
+from ..render import body_fields, printable
+from ..textclient import TextClient
+from .common import (
+    EXIT_CONNECT,
+    EXIT_LOST,
+    EXIT_OK,
+    EXIT_REJECTED,
+    Address,
+    Security,
+    client_errors,
+    connect_timeout_option,
+    fail,
+    json_option,
+    retries_option,
+    run,
+    security_options,
+    timeout_option,
+)
+
+# -- send --------------------------------------------------------------------------------
+
+
+async def _given(messages: tuple[str, ...]) -> AsyncIterator[Body]:
+    for message in messages:
+        yield message
+
+
+class AckPrinter:
+    """Prints each acknowledgment as it arrives; counts rejections."""
+
+    def __init__(self, out: Output, each: bool, to: str | None, progress: Any = None) -> None:
+        self.as_json = out.as_json
+        self.style = out.style
+        self.each = each
+        self.to = to
+        self.progress = progress
+        self.sizes: dict[int, int] = {}  # bytes of each message in flight, by id
+        self.acked = 0
+        self.rejected = 0
+        self.out = sys.stdout
+
+    def __call__(self, ack: Ack) -> None:
+        size = self.sizes.pop(ack.id, 0)
+        self.acked += 1
+        if self.progress is not None:
+            self.progress.advance(0)
+        if not ack.ok:
+            self.rejected += 1
+        elif not self.each:
+            return
+        try:
+            self.out.write(self.line(ack, size))
+        except BrokenPipeError:  # the reader went away (| head): keep sending, stop printing
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            self.each = False
+
+    def line(self, ack: Ack, size: int) -> str:
+        if self.as_json:
+            record: dict[str, Any] = {"id": ack.id, "status": "ok" if ack.ok else "rejected"}
+            if self.to is not None:
+                record["to"] = self.to
+            if ack.ok:
+                record.update(body_fields(ack.reply, "reply"), bytes=size)
+                if ack.reason:
+                    record["note"] = ack.reason
+            else:
+                record.update(code=ack.status, reason=ack.reason)
+            return json.dumps(record) + "\n"
+        if not ack.ok:
+            return self.style(f"rejected {ack.id}: {ack.reason}", fg="red") + "\n"
+        if self.to is None:
+            return f"ack {ack.id}: {printable(ack.reply)} ({size} bytes)\n"
+        reply = f": {printable(ack.reply)}" if ack.reply else ""
+        what = ack.reason or f"delivered to {self.to}"  # a server with a store says "stored"
+        return f"ack {ack.id}: {what}{reply} ({size} bytes)\n"
+
+
+@click.command()
+@click.argument("address", type=Address())
+@click.argument("messages", nargs=-1)
+@json_option
+@click.option(
+    "--text",
+    "text_mode",
+    is_flag=True,
+    help="Talk to a plain line-based server (nc -l): each answer line is the ack.",
+)
+@click.option("--name", help="The name this client gives in the handshake.")
+@click.option(
+    "--to",
+    metavar="NAME",
+    help="Send to the client NAME through the server; its own ack is the answer.",
+)
+@click.option(
+    "--window",
+    type=click.IntRange(1),
+    default=1000,
+    show_default=True,
+    help="Messages in flight before waiting for acknowledgments.",
+)
+@timeout_option
+@connect_timeout_option
+@retries_option(10)
+@security_options
+def send(
+    address: tuple[str, int],
+    messages: tuple[str, ...],
+    as_json: bool,
+    text_mode: bool,
+    name: str | None,
+    to: str | None,
+    window: int,
+    timeout: float,
+    connect_timeout: float,
+    retries: int,
+    security: Security,
+) -> None:
+    """Send each MESSAGE and print its acknowledgment.
+
+    With '-' as the message, or no message and a pipe on stdin, every line of stdin is
+    a message: they are sent pipelined, and telex exits once all are acknowledged.
+
+    \b
+    Exit codes:
+      0  every message acknowledged
+      1  some messages rejected
+      2  usage error
+      3  cannot connect
+      4  connection lost, timed out or broken, with messages unacknowledged
+      5  the server's TLS certificate was refused
+      6  the server refused the token
+    """
+    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]  # acks as they come
+    from_stdin = messages == ("-",) or (not messages and not sys.stdin.isatty())
+    if not messages and not from_stdin:
+        raise click.UsageError("give a MESSAGE, or '-' to send each line of stdin")
+    host, port = address
+    try:
+        if text_mode:
+            code = run(
+                _send_text(host, port, messages, from_stdin, as_json, timeout, connect_timeout)
+            )
+        else:
+            client = AsyncClient(
+                host,
+                port,
+                name=name,
+                timeout=timeout,
+                connect_timeout=connect_timeout,
+                reconnect=retries > 0,
+                retries=retries,
+                **security.client_options(host, port, interactive=False),
+            )
+            with client_errors():
+                code = run(_send(client, messages, from_stdin, Output(as_json), to, window))
+    except ConnectError as exc:
+        fail(f"cannot connect: {exc}", EXIT_CONNECT)
+    except ConnectionClosed as exc:
+        fail(f"{exc.reason}: {exc.unacknowledged} messages unacknowledged", EXIT_LOST)
+    except TelexError as exc:
+        fail(str(exc), EXIT_LOST)
+    except KeyboardInterrupt:
+        fail("interrupted", EXIT_LOST)
+    sys.exit(code)
+
+
+async def _send(
+    client: AsyncClient,
+    messages: tuple[str, ...],
+    from_stdin: bool,
+    out: Output,
+    to: str | None,
+    window: int,
+) -> int:
+    await client.connect()
+    show_progress = from_stdin and sys.stderr.isatty()
+    each = not (show_progress and sys.stdout.isatty())  # a bar on a terminal replaces the lines
+    with contextlib.ExitStack() as stack:
+        progress = None
+        if show_progress:
+            from rich.console import Console
+            from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+            progress = Progress(
+                SpinnerColumn(),
+                TextColumn("{task.completed} acknowledged"),
+                TimeElapsedColumn(),
+                console=Console(stderr=True),
+                transient=True,
+            )
+            stack.enter_context(progress)
+            progress.add_task("send", total=None)
+        printer = AckPrinter(out, each, to, progress)
+        source = read_lines() if from_stdin else _given(messages)
+
+        async def sized() -> AsyncIterator[Body]:
+            async for body in source:
+                size = len(body.encode() if isinstance(body, str) else body)
+                printer.sizes[client.next_id] = size
+                yield body
+
+        try:
+            await client.send_many(sized(), window=window, on_ack=printer, to=to)
+        except ConnectionClosed as exc:  # count what was read but never acknowledged
+            raise ConnectionClosed(exc.reason, len(printer.sizes)) from exc
+        finally:
+            sys.stdout.flush()
+            await client.close()
+    if not each:
+        click.echo(f"{printer.acked} messages acknowledged, {printer.rejected} rejected", err=True)
+    return EXIT_REJECTED if printer.rejected else EXIT_OK
+
+
+async def _send_text(
+    host: str,
+    port: int,
+    messages: tuple[str, ...],
+    from_stdin: bool,
+    as_json: bool,
+    timeout: float,
+    connect_timeout: float,
+) -> int:
+    source = read_lines() if from_stdin else _given(messages)
+    async with TextClient(host, port, timeout=timeout, connect_timeout=connect_timeout) as client:
+        number = 0
+        async for body in source:
+            number += 1
+            answer = await client.send(body)
+            if as_json:
+                print(json.dumps({"id": number, **body_fields(answer, "answer")}), flush=True)
+            else:
+                print(f"answer {number}: {printable(answer)}", flush=True)
+    return EXIT_OK

@@ -1,0 +1,200 @@
+"""telex serve: the server, its console and its store."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sqlite3
+import ssl
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .._version import __version__
+from ..console import (
+    MessagePrinter,
+    Output,
+    PeerEventPrinter,
+    ServerConsole,
+)
+from ..limits import Limits
+from ..security import (
+    AuthError,
+    Users,
+    load_token,
+    server_context,
+)
+from ..server import DEFAULT_PORT, TEXT_PAUSE, Server, default_handler
+from ..store import SYNC_LEVELS, Store, StoreError
+from ..tuning import retain_freed_memory
+from .common import (
+    EXIT_CONNECT,
+    EXIT_USAGE,
+    db_option,
+    default_db,
+    fail,
+    json_option,
+    limit_options,
+    log_to_stderr,
+    one_line_for_tls_errors,
+    run,
+    stop_on_signals,
+)
+
+
+@click.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=DEFAULT_PORT,
+    show_default=True,
+    help="Port to listen on; 0 picks a free one (and prints it).",
+)
+@json_option
+@click.option("--quiet", "-q", is_flag=True, help="Do not print each message.")
+@click.option(
+    "--text-pause",
+    type=click.FloatRange(min=0, min_open=True),
+    default=TEXT_PAUSE,
+    show_default=True,
+    help="Seconds after which a text peer's unfinished line is a message.",
+)
+@db_option
+@click.option(
+    "--sync",
+    type=click.Choice(sorted(SYNC_LEVELS)),
+    default="normal",
+    show_default=True,
+    help="normal: a stored message survives a crash of the server; full: a power loss too.",
+)
+@click.option(
+    "--no-store",
+    is_flag=True,
+    help="Pure relaying: store nothing. An ack then means the handler ran, and no more: "
+    "nothing survives a restart, resent messages are not recognised, and messages for "
+    "clients that are away are refused.",
+)
+@click.option(
+    "--tls",
+    "tls_prefix",
+    metavar="PREFIX",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="TLS with PREFIX.pem and PREFIX.key (as telex cert --out PREFIX writes them).",
+)
+@click.option("--cert", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--key", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--token-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Require this shared token (its first line; else TELEX_TOKEN). It never crosses "
+    "the wire: clients answer a challenge with it.",
+)
+@click.option(
+    "--users",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Names that belong to someone: a client holds a listed name only with that name's "
+    "token (telex user add). Without it, names are first come, first served.",
+)
+@limit_options
+def serve(
+    host: str,
+    port: int,
+    as_json: bool,
+    quiet: bool,
+    text_pause: float,
+    db: Path | None,
+    sync: str,
+    no_store: bool,
+    tls_prefix: Path | None,
+    cert: Path | None,
+    key: Path | None,
+    token_file: Path | None,
+    users: Path | None,
+    **limits: Any,
+) -> None:
+    """Accept connections and acknowledge every message.
+
+    Every message is stored in a SQLite file before it is acknowledged, so that no
+    acknowledged message is lost if the server crashes; messages for clients that are
+    away wait there until they come back. Plain-text peers (netcat, telnet, socat) may
+    connect too: each line they send is a message and gets one answer line. Ctrl-C (or
+    SIGTERM) stops the server cleanly: it answers what already arrived and says goodbye
+    to every client.
+    """
+    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
+    log_to_stderr(logging.WARNING)  # joins and leaves are printed as events instead
+    retain_freed_memory()
+    out = Output(as_json)
+    store = None
+    if not no_store:
+        path = db or default_db()
+        try:
+            store = Store(path, sync=sync)
+        except (StoreError, sqlite3.Error, OSError) as exc:
+            fail(f"cannot open the store {path}: {exc}", EXIT_CONNECT)
+    if tls_prefix is not None:
+        cert = cert or tls_prefix.with_name(tls_prefix.name + ".pem")
+        key = key or tls_prefix.with_name(tls_prefix.name + ".key")
+    if (cert is None) != (key is None):
+        raise click.UsageError("--cert and --key go together")
+    try:
+        context = None if cert is None or key is None else server_context(cert, key)
+        token = load_token(token_file)
+        user_file = None if users is None else Users(users)
+    except (OSError, ssl.SSLError) as exc:
+        fail(f"cannot load the certificate: {exc}", EXIT_USAGE)
+    except AuthError as exc:
+        fail(str(exc), EXIT_USAGE)
+    server = Server(
+        default_handler if quiet else MessagePrinter(out),
+        host=host,
+        port=port,
+        limits=Limits(**limits),
+        text_pause=text_pause,
+        on_event=None if quiet else PeerEventPrinter(out),
+        store=store,
+        ssl=context,
+        token=token,
+        users=user_file,
+    )
+    interactive = sys.stdin.isatty() and sys.stdout.isatty() and not as_json
+    try:
+        run(_serve(server, out, interactive))
+    except OSError as exc:
+        fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}", EXIT_CONNECT)
+    finally:
+        if store is not None:
+            store.close()
+
+
+async def _serve(server: Server, out: Output, interactive: bool) -> None:
+    stop = stop_on_signals()  # before the port is printed: a signal may follow at once
+    asyncio.get_running_loop().set_exception_handler(one_line_for_tls_errors)
+    await server.start()
+    where = "nowhere (--no-store)" if server.store is None else str(server.store.path)
+    secured = []
+    if server.ssl is not None:
+        secured.append("TLS")
+    if server.auth_required:
+        secured.append("a token required" if server.users is None else "tokens required")
+    out.record("listening", host=server.host, port=server.port, store=where)
+    out.line(f"telex {__version__} listening on {server.host}:{server.port} (Ctrl-C to stop)")
+    out.line(f"messages stored in {where}", dim=True)
+    if secured:
+        out.line(" and ".join(secured), dim=True)
+    console = asyncio.create_task(ServerConsole(server, out, stop).run(interactive))
+    await stop.wait()
+    console.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await console
+    await server.close()
+    stats = server.stats()
+    out.record("stopped", **stats)
+    out.line(
+        f"stopped: {stats['accepted']} messages acknowledged, {stats['rejected']} rejected, "
+        f"{stats['delivered']} delivered between clients, {stats['connections']} connections"
+    )
