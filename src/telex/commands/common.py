@@ -25,6 +25,7 @@ from ..exceptions import (
     ConnectError,
 )
 from ..limits import Limits
+from ..peer import format_address
 from ..security import (
     AuthError,
     KnownHosts,
@@ -32,7 +33,6 @@ from ..security import (
     load_token,
     normal_fingerprint,
 )
-from ..server import format_address
 
 EXIT_OK, EXIT_REJECTED, EXIT_USAGE, EXIT_CONNECT, EXIT_LOST = 0, 1, 2, 3, 4
 EXIT_CERTIFICATE, EXIT_AUTH = 5, 6
