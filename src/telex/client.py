@@ -50,6 +50,7 @@ from .exceptions import (
     TelexError,
     TelexTimeout,
 )
+from .flushing import FlushOnce
 from .handlers import Reject, is_async, rejection_for
 from .protocol import DEFAULT_MAX_MESSAGE_SIZE, Connection, Role
 from .security import (
@@ -99,7 +100,7 @@ def connect_errors(host: str, port: int, timeout: float) -> Iterator[None]:
         raise ConnectError(f"cannot connect to {where}: {exc.strerror or exc}") from exc
 
 
-class _ClientProtocol(asyncio.Protocol):
+class _ClientProtocol(FlushOnce, asyncio.Protocol):
     """One connection: feeds its core and hands acks, receipts and messages to the client."""
 
     def __init__(self, client: AsyncClient, conn: Connection) -> None:
@@ -177,16 +178,8 @@ class _ClientProtocol(asyncio.Protocol):
             self.can_write.set_result(None)
         self.can_write = None
 
-    def schedule_flush(self) -> None:
-        if not self.flush_scheduled:
-            self.flush_scheduled = True
-            self.loop.call_soon(self.flush)
-
-    def flush(self) -> None:
-        self.flush_scheduled = False
-        data = self.conn.data_to_send()
-        if data and self.transport is not None and not self.transport.is_closing():
-            self.transport.write(data)
+    def queued_bytes(self) -> bytes:
+        return self.conn.data_to_send()
 
     def close(self) -> None:
         self.flush()

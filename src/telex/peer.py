@@ -35,6 +35,7 @@ from .events import (
     PeerError,
     ProtocolViolation,
 )
+from .flushing import FlushOnce
 from .handlers import Reject, rejection_for
 from .protocol import Connection, Role, looks_framed
 from .security import new_challenge, stretch, verify_answer
@@ -95,7 +96,7 @@ def settle_with(future: asyncio.Future[Ack]) -> Callable[[Ack], None]:
     return settle
 
 
-class PeerProtocol(asyncio.Protocol):
+class PeerProtocol(FlushOnce, asyncio.Protocol):
     """One accepted connection."""
 
     def __init__(self, server: Server) -> None:
@@ -628,18 +629,8 @@ class PeerProtocol(asyncio.Protocol):
 
     # -- writing and closing ----------------------------------------------------------
 
-    def schedule_flush(self) -> None:
-        """Write at the end of this loop turn: answers made together leave together."""
-        if not self.flush_scheduled:
-            self.flush_scheduled = True
-            self.loop.call_soon(self.flush)
-
-    def flush(self) -> None:
-        self.flush_scheduled = False
-        if self.proto is not None and self.transport is not None:
-            data = self.proto.data_to_send()
-            if data and not self.transport.is_closing():
-                self.transport.write(data)
+    def queued_bytes(self) -> bytes:
+        return b"" if self.proto is None else self.proto.data_to_send()
 
     def describe(self) -> str:
         name = self.peer.name
