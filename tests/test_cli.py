@@ -507,3 +507,24 @@ def test_log_shows_a_chat_session() -> None:
         assert records_[0]["delivered"] is not None
     assert telex("log", "--db", db, "--to", "nobody").stdout == ""
     one_clear_line(telex("log", "--db", temp_db()), 2, "no store at")
+
+
+def test_log_follow_prints_messages_as_they_are_stored() -> None:
+    db = temp_db()
+    with serve("--quiet", "--db", db) as server:
+        assert telex("send", server.address, "before").returncode == 0
+        follower = subprocess.Popen(
+            [*TELEX, "log", "--db", db, "--follow", "--json"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert follower.stdout is not None
+            assert json.loads(read_line(follower.stdout))["text"] == "before"
+            assert telex("send", server.address, "after").returncode == 0
+            assert json.loads(read_line(follower.stdout))["text"] == "after"
+        finally:
+            follower.send_signal(signal.SIGINT)
+            follower.communicate(timeout=TIMEOUT)
+        assert follower.returncode == 0

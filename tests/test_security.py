@@ -401,3 +401,27 @@ def test_a_tls_client_to_a_plain_server_is_one_line_and_exit_3(tmp_path: Path) -
     finally:
         server.terminate()
         server.communicate(timeout=TIMEOUT)
+
+
+async def test_a_text_peer_logs_in_as_a_listed_user(
+    certificate: tuple[Path, str], tmp_path: Path
+) -> None:
+    prefix, _ = certificate
+    users = Users(tmp_path / "users")
+    users.add("alice", "her token")
+    seen: list[str | None] = []
+
+    def handler(message: telex.Message, peer: telex.Peer) -> str:
+        seen.append(peer.name)
+        return "ok"
+
+    async with Server(handler, port=0, ssl=context_of(prefix), users=users) as server:
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", server.port, ssl=client_context(verify=False)
+        )
+        writer.write(b"AUTH alice her token\nhello as alice\n")
+        async with asyncio.timeout(TIMEOUT):
+            assert await reader.readline() == b"ack 1: authenticated\n"
+            assert await reader.readline() == b"ack 2: ok\n"
+        writer.close()
+    assert seen == ["alice"]
