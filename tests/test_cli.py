@@ -528,3 +528,21 @@ def test_log_follow_prints_messages_as_they_are_stored() -> None:
             follower.send_signal(signal.SIGINT)
             follower.communicate(timeout=TIMEOUT)
         assert follower.returncode == 0
+
+
+def test_send_waits_for_delivery_receipts() -> None:
+    with serve("--quiet") as server, listening(server.address, "--name", "bob"):
+        result = telex("send", server.address, "--to", "bob", "--wait-delivery", "hi", "there")
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.splitlines() == [
+            "ack 1: stored for bob (2 bytes)",
+            "ack 2: stored for bob (5 bytes)",
+            "delivered 1 to bob",
+            "delivered 2 to bob",
+        ]
+        away = telex(
+            "send", server.address, "--to", "carol", "--wait-delivery", "--timeout", "0.5", "x"
+        )
+    assert away.returncode == 4
+    assert "1 deliveries not confirmed in time" in away.stderr
+    assert telex("send", "127.0.0.1:1", "--wait-delivery", "x").returncode == 2

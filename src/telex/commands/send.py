@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import functools
 import json
 import os
 import sys
@@ -16,7 +18,7 @@ from ..console import (
     Output,
     read_lines,
 )
-from ..events import Ack, Body
+from ..events import Ack, Body, Receipt
 from ..exceptions import (
     ConnectError,
     ConnectionClosed,
@@ -116,6 +118,12 @@ class AckPrinter:
     help="Send to the client NAME through the server; its own ack is the answer.",
 )
 @click.option(
+    "--wait-delivery",
+    is_flag=True,
+    help="With --to and a server that stores: after its acks, wait (up to --timeout) for "
+    "NAME's own acks, the delivery receipts, and print them.",
+)
+@click.option(
     "--window",
     type=click.IntRange(1),
     default=1000,
@@ -133,6 +141,7 @@ def send(
     text_mode: bool,
     name: str | None,
     to: str | None,
+    wait_delivery: bool,
     window: int,
     timeout: float,
     connect_timeout: float,
@@ -153,11 +162,16 @@ def send(
       4  connection lost, timed out or broken, with messages unacknowledged
       5  the server's TLS certificate was refused
       6  the server refused the token
+    With --wait-delivery, 4 also when a delivery was not confirmed in time.
     """
     sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]  # acks as they come
     from_stdin = messages == ("-",) or (not messages and not sys.stdin.isatty())
     if not messages and not from_stdin:
         raise click.UsageError("give a MESSAGE, or '-' to send each line of stdin")
+    if wait_delivery and to is None:
+        raise click.UsageError("--wait-delivery goes with --to")
+    receipts: dict[int, Receipt] = {}
+    arrived = asyncio.Event()
     host, port = address
     try:
         if text_mode:
@@ -173,10 +187,14 @@ def send(
                 connect_timeout=connect_timeout,
                 reconnect=retries > 0,
                 retries=retries,
+                on_receipt=functools.partial(_keep_receipt, receipts, arrived),
                 **security.client_options(host, port, interactive=False),
             )
+            waiting = (receipts, arrived) if wait_delivery else None
             with client_errors():
-                code = run(_send(client, messages, from_stdin, Output(as_json), to, window))
+                code = run(
+                    _send(client, messages, from_stdin, Output(as_json), to, window, waiting)
+                )
     except ConnectError as exc:
         fail(f"cannot connect: {exc}", EXIT_CONNECT)
     except ConnectionClosed as exc:
@@ -195,6 +213,7 @@ async def _send(
     out: Output,
     to: str | None,
     window: int,
+    waiting: tuple[dict[int, Receipt], asyncio.Event] | None = None,
 ) -> int:
     await client.connect()
     show_progress = from_stdin and sys.stderr.isatty()
@@ -223,8 +242,11 @@ async def _send(
                 printer.sizes[client.next_id] = size
                 yield body
 
+        unconfirmed = 0
         try:
-            await client.send_many(sized(), window=window, on_ack=printer, to=to)
+            acks = await client.send_many(sized(), window=window, on_ack=printer, to=to)
+            if waiting is not None:
+                unconfirmed = await _wait_for_receipts(acks, *waiting, client.timeout, out, to)
         except ConnectionClosed as exc:  # count what was read but never acknowledged
             raise ConnectionClosed(exc.reason, len(printer.sizes)) from exc
         finally:
@@ -232,7 +254,47 @@ async def _send(
             await client.close()
     if not each:
         click.echo(f"{printer.acked} messages acknowledged, {printer.rejected} rejected", err=True)
+    if unconfirmed:
+        click.echo(f"telex: {unconfirmed} deliveries not confirmed in time", err=True)
+        return EXIT_LOST
     return EXIT_REJECTED if printer.rejected else EXIT_OK
+
+
+def _keep_receipt(receipts: dict[int, Receipt], arrived: asyncio.Event, receipt: Receipt) -> None:
+    receipts[receipt.id] = receipt
+    arrived.set()
+
+
+async def _wait_for_receipts(
+    acks: list[Ack],
+    receipts: dict[int, Receipt],
+    arrived: asyncio.Event,
+    timeout: float,
+    out: Output,
+    to: str | None,
+) -> int:
+    """Wait for the receipt of every message the server stored for later; print each.
+    Returns how many did not come in time."""
+    expected = [ack.id for ack in acks if ack.ok and ack.reason.startswith("stored")]
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(timeout):
+            while not all(msg_id in receipts for msg_id in expected):
+                arrived.clear()
+                await arrived.wait()
+    for msg_id in expected:
+        receipt = receipts.get(msg_id)
+        if receipt is None:
+            continue
+        if out.as_json:
+            status = "delivered" if receipt.ok else "refused"
+            fields = body_fields(receipt.reply, "reply")
+            out.record("receipt", id=msg_id, to=to, status=status, reason=receipt.reason, **fields)
+        elif receipt.ok:
+            reply = f": {printable(receipt.reply)}" if receipt.reply else ""
+            out.line(f"delivered {msg_id} to {to}{reply}")
+        else:
+            out.line(f"not delivered {msg_id}: {receipt.reason}", fg="red")
+    return sum(msg_id not in receipts for msg_id in expected)
 
 
 async def _send_text(
