@@ -21,7 +21,6 @@ import sqlite3
 import struct
 import sys
 import tempfile
-from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -145,7 +144,7 @@ class BarePushProtocol(BareProtocol):
 
 
 def start_push(message: telex.Message, peer: telex.Peer) -> None:
-    """Asked to push, push with the library's own API (``Server.send_nowait``)."""
+    """Asked to push, push with the library's own API (``Server.send_many``)."""
     assert isinstance(message.body, bytes) and peer.name is not None
     command = push_command(message.body)
     assert command is not None
@@ -162,12 +161,7 @@ _server: telex.Server | None = None
 async def push(name: str, count: int, size: int) -> None:
     assert _server is not None
     body = b"x" * size
-    in_flight: deque[asyncio.Future[telex.Ack]] = deque()
-    for _ in range(count):
-        if len(in_flight) >= _PUSH_WINDOW:
-            await in_flight.popleft()
-        in_flight.append(_server.send_nowait(name, body))
-    await asyncio.gather(*in_flight)
+    await _server.send_many(name, (body for _ in range(count)), window=_PUSH_WINDOW)
 
 
 def telex_setup(kind: str) -> tuple[Any, Store | None]:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from pathlib import Path
 
 import pytest
 
 import telex
 from telex.events import AckStatus, Message
 from telex.server import PeerEvent, Server
+from telex.store import Store
 
 from .conftest import TIMEOUT
 
@@ -178,3 +180,28 @@ async def test_blocking_client_receives(server: Server) -> None:
         assert (await server.send("sync", "to the blocking client")).ok
         message = await receiving
     assert message.body == "to the blocking client"
+
+
+async def test_server_send_many_pipelines_in_order(server: Server) -> None:
+    got: list[str] = []
+    async with telex.connect(
+        "127.0.0.1", server.port, name="sink", handler=lambda m: got.append(str(m.body))
+    ):
+        acks = await server.send_many("sink", (str(i) for i in range(3000)), window=100)
+    assert len(acks) == 3000 and all(a.ok for a in acks)
+    assert got == [str(i) for i in range(3000)]
+    nobody = await server.send_many("nobody", ["a", "b"])
+    assert [a.status for a in nobody] == [AckStatus.NOT_DELIVERED] * 2
+
+
+async def test_server_send_many_with_a_store(tmp_path: Path) -> None:
+    store = Store(tmp_path / "t.db")
+    async with Server(port=0, store=store) as server:
+        got: list[str] = []
+        async with telex.connect(
+            "127.0.0.1", server.port, name="sink", handler=lambda m: got.append(str(m.body))
+        ):
+            acks = await server.send_many("sink", (str(i) for i in range(500)), window=50)
+        assert all(a.ok for a in acks)
+        assert got == [str(i) for i in range(500)]
+    store.close()

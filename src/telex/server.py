@@ -13,7 +13,7 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from ssl import SSLContext
 
 from .events import (
@@ -42,6 +42,7 @@ __all__ = [
 ]
 
 DEFAULT_PORT = 7777
+DEFAULT_WINDOW = 1000
 TEXT_PAUSE = 0.2
 """Seconds of quiet after which a text peer's unfinished line counts as a message."""
 
@@ -225,6 +226,69 @@ class Server:
         if not ack.ok:
             raise MessageRejected(ack)
         return ack
+
+    async def send_many(
+        self,
+        name: str,
+        bodies: Iterable[Body],
+        *,
+        window: int = DEFAULT_WINDOW,
+        timeout: float = 30.0,
+    ) -> list[Ack]:
+        """Send every body to ``name`` with up to ``window`` unacknowledged; return all the
+        acks, in order (rejections included). ``timeout`` bounds each wait for room.
+
+        Without a store no future is made per message: the fast way to push.
+        """
+        if self.journal is not None:  # each is stored before it is sent: one at a time
+            return await self._send_many_stored(name, bodies, window, timeout)
+        target = self.clients.get(name)
+        acks: list[Ack] = []
+        waiting = 0
+        room = asyncio.Event()
+
+        def answered(ack: Ack) -> None:
+            nonlocal waiting
+            acks.append(ack)
+            waiting -= 1
+            if waiting <= window // 2:
+                room.set()
+
+        gone = Ack(0, AckStatus.NOT_DELIVERED, f"no client named {name!r} is connected")
+        try:
+            for body in bodies:
+                if waiting >= window:
+                    room.clear()
+                    async with asyncio.timeout(timeout):
+                        await room.wait()
+                if target is None or target not in self.connections:
+                    acks.append(gone)
+                    continue
+                target.deliver(body, None, answered)
+                waiting += 1
+            async with asyncio.timeout(timeout):
+                while waiting:
+                    room.clear()
+                    await room.wait()
+        except TimeoutError as exc:
+            raise TelexTimeout(f"no acknowledgment from {name} within {timeout:g} s") from exc
+        return acks
+
+    async def _send_many_stored(
+        self, name: str, bodies: Iterable[Body], window: int, timeout: float
+    ) -> list[Ack]:
+        acks: list[Ack] = []
+        in_flight: deque[asyncio.Future[Ack]] = deque()
+        try:
+            async with asyncio.timeout(timeout):
+                for body in bodies:
+                    if len(in_flight) >= window:
+                        acks.append(await in_flight.popleft())
+                    in_flight.append(self.send_nowait(name, body))
+                acks += await asyncio.gather(*in_flight)
+        except TimeoutError as exc:
+            raise TelexTimeout(f"no acknowledgment from {name} within {timeout:g} s") from exc
+        return acks
 
     async def broadcast(self, body: Body, *, timeout: float = 30.0) -> dict[str, Ack]:
         """Send to every named client; return each one's ack (rejections included)."""
