@@ -60,23 +60,25 @@ class BareProtocol(asyncio.Protocol):
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
 
-    def greet(self, data: bytes) -> bytes | None:
-        """Answer the preamble and HELLO the way telex does (untimed); the rest, or None."""
+    def incoming(self, data: bytes) -> bytes:
+        """What is left over before, then ``data``; the preamble and HELLO answered the
+        way telex does (untimed) and taken off. Empty: wait for more."""
+        if self.buffer:
+            data = self.buffer + data
+            self.buffer = b""
+        if self.greeted:
+            return data
         if len(data) < 13 or len(data) < 12 + struct.unpack_from(">I", data, 8)[0]:
             self.buffer = data
-            return None
+            return b""
         self.transport.write(PREAMBLE + struct.pack(">IB", 3, FrameType.WELCOME) + b"{}")
         self.greeted = True
         return data[12 + struct.unpack_from(">I", data, 8)[0] :]
 
     def data_received(self, data: bytes) -> None:
-        if self.buffer:
-            data = self.buffer + data
-        if not self.greeted:
-            rest = self.greet(data)
-            if rest is None:
-                return
-            data = rest
+        data = self.incoming(data)
+        if not data:
+            return
         acks = []
         pos = 0
         n = len(data)
@@ -104,13 +106,9 @@ class BarePushProtocol(BareProtocol):
         self.body = b""
 
     def data_received(self, data: bytes) -> None:
-        if self.buffer:
-            data = self.buffer + data
-        if not self.greeted:
-            rest = self.greet(data)
-            if rest is None:
-                return
-            data = rest
+        data = self.incoming(data)
+        if not data:
+            return
         acks = []
         pos = 0
         n = len(data)

@@ -78,12 +78,9 @@ class Journal:
         self._answers.append((conn, (), msg_id, status, reason))
         self._schedule()
 
-    def then(
-        self, row: Row | None, stored: Callable[[], None], failed: Callable[[str], None]
-    ) -> None:
+    def then(self, row: Row, stored: Callable[[], None], failed: Callable[[str], None]) -> None:
         """Store ``row``, then call ``stored()``, or ``failed(reason)`` if it could not be."""
-        if row is not None:
-            self._rows.append(row)
+        self._rows.append(row)
         self._later.append((stored, failed))
         self._schedule()
 

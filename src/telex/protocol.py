@@ -138,7 +138,6 @@ class Connection:
         role: Role,
         *,
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
-        first_id: int = 1,
         requires_auth: bool = False,
     ) -> None:
         self.role = role
@@ -148,7 +147,7 @@ class Connection:
         self.peer_said_goodbye = False
         self.said_goodbye = False
         self.last_received_id = 0
-        self._next_id = first_id  # a client's ids go on across the connections of a session
+        self._next_id = 1  # a client numbers its own, across a session: see send_message(msg_id)
         self._out: list[bytes] = []
         self._pending: list[bytes] = []  # an incomplete frame, in the pieces it came in
         self.buffered = 0  # bytes in _pending
