@@ -19,8 +19,8 @@ import statistics
 import struct
 import time
 
-from telex import frames
-from telex.frames import FrameType
+from telex.core import frames
+from telex.core.frames import FrameType
 
 ACK_SIZE = frames.ACK_HEAD.size + len(b"received")
 

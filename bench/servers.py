@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import Any
 
 import telex
-from telex import frames
-from telex.frames import ACK_HEAD, PREAMBLE, FrameType
+from telex.core import frames
+from telex.core.frames import ACK_HEAD, PREAMBLE, FrameType
 from telex.security import server_context, write_certificate
 from telex.store import Store
 from telex.tuning import retain_freed_memory

@@ -8,10 +8,10 @@ from collections.abc import AsyncIterator, Callable
 
 import pytest
 
-from telex import frames
-from telex.events import Event
-from telex.frames import PREAMBLE, FrameType
-from telex.protocol import Connection, Role
+from telex.core import frames
+from telex.core.events import Event
+from telex.core.frames import PREAMBLE, FrameType
+from telex.core.protocol import Connection, Role
 from telex.server import Server
 
 TIMEOUT = float(os.environ.get("TELEX_TEST_TIMEOUT", "10"))

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 import telex
-from telex.events import AckStatus, Message, Receipt
+from telex.core.events import AckStatus, Message, Receipt
 from telex.server import Server
 from telex.store import Record, Store
 

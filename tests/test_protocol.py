@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from telex import frames
-from telex.events import (
+from telex.core import frames
+from telex.core.events import (
     Ack,
     AckStatus,
     ErrorCode,
@@ -22,8 +22,8 @@ from telex.events import (
     ProtocolViolation,
     Welcome,
 )
-from telex.frames import PREAMBLE, FrameType
-from telex.protocol import Connection, Role, State, looks_framed
+from telex.core.frames import PREAMBLE, FrameType
+from telex.core.protocol import Connection, Role, State, looks_framed
 
 
 def handshake(max_message_size: int = 1024) -> tuple[Connection, Connection]:

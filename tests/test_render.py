@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from telex.render import body_fields, printable
+from telex.cli.render import body_fields, printable
 
 
 def test_plain_text_is_unchanged() -> None:

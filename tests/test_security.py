@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 
 import telex
-from telex import frames
-from telex.events import Challenge, ErrorCode, PeerError, Welcome
-from telex.frames import FrameType
-from telex.protocol import Connection, Role
+from telex.core import frames
+from telex.core.events import Challenge, ErrorCode, PeerError, Welcome
+from telex.core.frames import FrameType
+from telex.core.protocol import Connection, Role
 from telex.security import (
     KnownHosts,
     Users,

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 import telex
-from telex import frames
-from telex.events import AckStatus, ErrorCode, Message, PeerError
-from telex.frames import FrameType
+from telex.core import frames
+from telex.core.events import AckStatus, ErrorCode, Message, PeerError
+from telex.core.frames import FrameType
 from telex.server import Peer, Reject, Server
 
 from .conftest import HELLO, TIMEOUT, parse_from_server, read_until_closed

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from telex.events import AckStatus, ErrorCode, Message, MessageTooLarge
-from telex.textmode import TextConnection, answer_line, text_body
+from telex.core.events import AckStatus, ErrorCode, Message, MessageTooLarge
+from telex.core.textmode import TextConnection, answer_line, text_body
 
 
 def test_each_line_is_a_numbered_message() -> None:

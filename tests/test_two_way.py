@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 import telex
-from telex.events import AckStatus, Message
+from telex.core.events import AckStatus, Message
 from telex.server import PeerEvent, Server
 from telex.store import Store
 

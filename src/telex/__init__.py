@@ -17,8 +17,11 @@ A server::
 """
 
 from ._version import __version__
-from .client import AsyncClient, connect
-from .events import Ack, AckStatus, ErrorCode, Message
+from .client.aio import AsyncClient, connect
+from .client.sync import Client
+from .core.events import Ack, AckStatus, ErrorCode, Message
+from .core.handlers import Reject
+from .core.limits import Limits
 from .exceptions import (
     AuthenticationFailed,
     CertificateRejected,
@@ -29,10 +32,7 @@ from .exceptions import (
     TelexError,
     TelexTimeout,
 )
-from .handlers import Reject
-from .limits import Limits
 from .server import DEFAULT_PORT, Peer, PeerEvent, Server
-from .sync import Client
 
 __all__ = [
     "DEFAULT_PORT",

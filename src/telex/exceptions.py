@@ -21,7 +21,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .events import Ack
+    from .core.events import Ack
 
 __all__ = [
     "AuthenticationFailed",

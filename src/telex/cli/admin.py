@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from ..protocol import valid_name
+from ..core.protocol import valid_name
 from ..security import (
     AuthError,
     Users,

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
-from .store import Item, Row, Segment, Store, StoreError
+from ..store import Item, Row, Segment, Store, StoreError
 
 __all__ = ["Journal"]
 

@@ -16,20 +16,20 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from ssl import SSLContext
 
-from .events import (
+from ..core.events import (
     Ack,
     AckStatus,
     Body,
     Message,
 )
-from .exceptions import MessageRejected, TelexTimeout
-from .handlers import Reject, is_async
+from ..core.handlers import Reject, is_async
+from ..core.limits import Limits
+from ..core.protocol import Connection
+from ..exceptions import MessageRejected, TelexTimeout
+from ..security import Users, stretch
+from ..store import Store
+from .adapter import Handler, Peer, PeerEvent, PeerProtocol, settle_with
 from .journal import Journal
-from .limits import Limits
-from .peer import Handler, Peer, PeerEvent, PeerProtocol, settle_with
-from .protocol import Connection
-from .security import Users, stretch
-from .store import Store
 
 __all__ = [
     "DEFAULT_PORT",

@@ -27,8 +27,8 @@ from collections.abc import (
 from ssl import SSLContext
 from typing import Any, cast
 
-from ._version import __version__
-from .events import (
+from .._version import __version__
+from ..core.events import (
     Ack,
     Body,
     Challenge,
@@ -40,7 +40,9 @@ from .events import (
     Receipt,
     Welcome,
 )
-from .exceptions import (
+from ..core.handlers import Reject, is_async, rejection_for
+from ..core.protocol import DEFAULT_MAX_MESSAGE_SIZE, Connection, Role
+from ..exceptions import (
     AuthenticationFailed,
     CertificateRejected,
     ConnectError,
@@ -50,10 +52,8 @@ from .exceptions import (
     TelexError,
     TelexTimeout,
 )
-from .flushing import FlushOnce
-from .handlers import Reject, is_async, rejection_for
-from .protocol import DEFAULT_MAX_MESSAGE_SIZE, Connection, Role
-from .security import (
+from ..flushing import FlushOnce
+from ..security import (
     CertificateError,
     KnownHosts,
     answer_challenge,

@@ -20,8 +20,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
 
-from ._version import __version__
-from .events import (
+from .._version import __version__
+from ..core.events import (
     Ack,
     AckStatus,
     Auth,
@@ -35,12 +35,12 @@ from .events import (
     PeerError,
     ProtocolViolation,
 )
-from .flushing import FlushOnce
-from .handlers import Reject, rejection_for
-from .protocol import Connection, Role, looks_framed
-from .security import new_challenge, stretch, verify_answer
-from .store import Item
-from .textmode import TextConnection
+from ..core.handlers import Reject, rejection_for
+from ..core.protocol import Connection, Role, looks_framed
+from ..core.textmode import TextConnection
+from ..flushing import FlushOnce
+from ..security import new_challenge, stretch, verify_answer
+from ..store import Item
 
 if TYPE_CHECKING:
     from .server import Server

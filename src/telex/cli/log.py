@@ -10,10 +10,6 @@ from pathlib import Path
 
 import click
 
-from ..console import (
-    Output,
-)
-from ..render import body_fields, printable
 from ..store import Record, Store, StoreError
 from .common import (
     EXIT_USAGE,
@@ -22,6 +18,10 @@ from .common import (
     fail,
     json_option,
 )
+from .console import (
+    Output,
+)
+from .render import body_fields, printable
 
 # -- log ---------------------------------------------------------------------------------
 

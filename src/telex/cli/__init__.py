@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import click
 
-from ._version import __version__
-from .commands.admin import cert, user
-from .commands.chat import chat, listen
-from .commands.demo import demo
-from .commands.log import log
-from .commands.send import send
-from .commands.serve import serve
+from .._version import __version__
+from .admin import cert, user
+from .chat import chat, listen
+from .demo import demo
+from .log import log
+from .send import send
+from .serve import serve
 
 __all__ = ["main"]
 

@@ -13,19 +13,14 @@ from typing import Any
 
 import click
 
-from ..client import AsyncClient
-from ..console import (
-    Output,
-    read_lines,
-)
-from ..events import Ack, Body, Receipt
+from ..client.aio import AsyncClient
+from ..client.text import TextClient
+from ..core.events import Ack, Body, Receipt
 from ..exceptions import (
     ConnectError,
     ConnectionClosed,
     TelexError,
 )
-from ..render import body_fields, printable
-from ..textclient import TextClient
 from .common import (
     EXIT_CONNECT,
     EXIT_LOST,
@@ -42,6 +37,11 @@ from .common import (
     security_options,
     timeout_option,
 )
+from .console import (
+    Output,
+    read_lines,
+)
+from .render import body_fields, printable
 
 # -- send --------------------------------------------------------------------------------
 

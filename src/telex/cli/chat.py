@@ -9,12 +9,7 @@ from typing import Any
 
 import click
 
-from ..client import AsyncClient
-from ..console import (
-    ChatSession,
-    Output,
-    show_message,
-)
+from ..client.aio import AsyncClient
 from .common import (
     EXIT_LOST,
     EXIT_OK,
@@ -29,6 +24,11 @@ from .common import (
     security_options,
     stop_on_signals,
     timeout_option,
+)
+from .console import (
+    ChatSession,
+    Output,
+    show_message,
 )
 
 # -- chat and listen ---------------------------------------------------------------------

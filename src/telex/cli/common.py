@@ -16,22 +16,22 @@ from typing import Any, TypeVar, cast
 import click
 import platformdirs
 
-from ..console import (
-    StderrHandler,
-)
+from ..core.limits import Limits
 from ..exceptions import (
     AuthenticationFailed,
     CertificateRejected,
     ConnectError,
 )
-from ..limits import Limits
-from ..peer import format_address
 from ..security import (
     AuthError,
     KnownHosts,
     client_context,
     load_token,
     normal_fingerprint,
+)
+from ..server.adapter import format_address
+from .console import (
+    StderrHandler,
 )
 
 EXIT_OK, EXIT_REJECTED, EXIT_USAGE, EXIT_CONNECT, EXIT_LOST = 0, 1, 2, 3, 4

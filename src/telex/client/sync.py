@@ -11,8 +11,8 @@ import threading
 from collections.abc import Coroutine, Iterable
 from typing import Any, TypeVar
 
-from .client import DEFAULT_WINDOW, AsyncClient
-from .events import Ack, Body, Message
+from ..core.events import Ack, Body, Message
+from .aio import DEFAULT_WINDOW, AsyncClient
 
 __all__ = ["Client"]
 

@@ -8,17 +8,17 @@ from pathlib import Path
 
 import click
 
-from ..client import AsyncClient
-from ..console import (
-    Output,
-)
-from ..events import Message
-from ..render import printable
+from ..client.aio import AsyncClient
+from ..core.events import Message
 from ..server import Peer, Server
 from ..store import Store
 from .common import (
     run,
 )
+from .console import (
+    Output,
+)
+from .render import printable
 
 # -- demo --------------------------------------------------------------------------------
 

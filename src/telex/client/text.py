@@ -9,10 +9,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
-from .client import connect_errors
-from .events import Body
-from .exceptions import ConnectionClosed, TelexTimeout
-from .textmode import text_body
+from ..core.events import Body
+from ..core.textmode import text_body
+from ..exceptions import ConnectionClosed, TelexTimeout
+from .aio import connect_errors
 
 __all__ = ["TextClient"]
 

@@ -14,13 +14,7 @@ from typing import Any
 import click
 
 from .._version import __version__
-from ..console import (
-    MessagePrinter,
-    Output,
-    PeerEventPrinter,
-    ServerConsole,
-)
-from ..limits import Limits
+from ..core.limits import Limits
 from ..security import (
     AuthError,
     Users,
@@ -42,6 +36,12 @@ from .common import (
     one_line_for_tls_errors,
     run,
     stop_on_signals,
+)
+from .console import (
+    MessagePrinter,
+    Output,
+    PeerEventPrinter,
+    ServerConsole,
 )
 
 

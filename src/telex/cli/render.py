@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 from typing import Any
 
-from .events import Body
+from ..core.events import Body
 
 __all__ = ["body_fields", "printable"]
 

@@ -20,11 +20,11 @@ from typing import Any
 
 import click
 
-from .client import AsyncClient
-from .events import Ack, Body, Message, Receipt
+from ..client.aio import AsyncClient
+from ..core.events import Ack, Body, Message, Receipt
+from ..core.textmode import text_body
+from ..server import Peer, PeerEvent, Server, default_handler
 from .render import body_fields, printable
-from .server import Peer, PeerEvent, Server, default_handler
-from .textmode import text_body
 
 __all__ = [
     "Command",

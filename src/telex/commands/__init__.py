@@ -1,1 +1,0 @@
-"""The subcommands of ``telex``, a module each; ``telex.cli`` gathers them."""
