@@ -28,7 +28,7 @@ import telex
 from telex.core import frames
 from telex.core.frames import ACK_HEAD, PREAMBLE, FrameType
 from telex.security import server_context, write_certificate
-from telex.store import Store
+from telex.store import SQLiteStore
 from telex.tuning import retain_freed_memory
 
 REPLY = b"received"
@@ -175,7 +175,7 @@ def telex_setup(kind: str) -> tuple[Any, Store | None]:
     if kind == "telex-tls":
         return None, None
     if kind in ("telex-normal", "telex-full"):
-        return None, Store(folder / "bench.db", sync=kind.removeprefix("telex-"))
+        return None, SQLiteStore(folder / "bench.db", sync=kind.removeprefix("telex-"))
     if kind == "telex-commit-each":
         db = sqlite3.connect(folder / "each.db", isolation_level=None)
         db.execute("PRAGMA journal_mode = WAL")

@@ -25,6 +25,7 @@ from pathlib import Path
 __all__ = [
     "AuthError",
     "CertificateError",
+    "TokenGate",
     "Users",
     "answer_challenge",
     "check_certificate",
@@ -268,3 +269,56 @@ class KnownHosts:
                 line for line in self.path.read_text().splitlines() if line.split()[:1] != [address]
             ]
         self.path.write_text("".join(f"{line}\n" for line in [*kept, f"{address} {found}"]))
+
+
+# -- the server's login checks ---------------------------------------------------------------
+
+
+class TokenGate:
+    """What a server checks at login: a shared token, or a users file's per-user keys.
+
+    An unknown name gets a challenge it cannot answer, with a salt derived from a secret
+    of this server and the name: the same for that name every time, and as random-looking
+    as a real user's, so the answer tells no one which names exist.
+    """
+
+    def __init__(self, token: str | None = None, users: Users | None = None) -> None:
+        self.token = token
+        self.users = users
+        self.required = token is not None or users is not None
+        self._secret = secrets.token_bytes(32)
+
+    def key_for(self, name: str | None) -> tuple[bytes, bytes] | None:
+        """(key, salt) a client must prove: its own with a users file, else the token."""
+        user = None if self.users is None else self.users.get(name)
+        if user is not None:
+            return user.key, user.salt
+        if self.token is not None:
+            return stretch(self.token, b""), b""
+        return None
+
+    def challenge(self, name: str | None) -> tuple[bytes, bytes, bytes]:
+        found = self.key_for(name)
+        if found is None:
+            salt = hmac.new(self._secret, (name or "").encode(), hashlib.sha256).digest()[:16]
+            found = (secrets.token_bytes(32), salt)
+        key, salt = found
+        return key, new_challenge(), salt
+
+    def verify(self, key: bytes, challenge: bytes, answer: bytes) -> bool:
+        return verify_answer(key, challenge, answer)
+
+    def text_login(self, line: str) -> tuple[bool, str | None]:
+        """``AUTH <token>``, or ``AUTH <name> <token>`` for a name in the users file."""
+        command, _, rest = line.strip().partition(" ")
+        rest = rest.strip()
+        if command != "AUTH" or not rest:
+            return False, None
+        name, _, token = rest.partition(" ")
+        if self.users is None or self.users.get(name) is None or not token:
+            name, token = "", rest
+        found = self.key_for(name or None)
+        if found is None:
+            return False, None
+        key, salt = found
+        return hmac.compare_digest(stretch(token, salt), key), name or None

@@ -11,7 +11,7 @@ import click
 from ..client.aio import AsyncClient
 from ..core.events import Message
 from ..server import Peer, Server
-from ..store import Store
+from ..store import SQLiteStore
 from .common import (
     run,
 )
@@ -46,7 +46,7 @@ async def _demo(out: Output) -> None:
         return "thanks, got it"
 
     with tempfile.TemporaryDirectory(prefix="telex-demo-") as folder:
-        store = Store(Path(folder) / "demo.db")
+        store = SQLiteStore(Path(folder) / "demo.db")
         try:
             await _demo_exchange(out, server_tag, client_tag, server_side, client_side, store)
         finally:
@@ -60,10 +60,10 @@ async def _demo_exchange(
     client_tag: str,
     server_side: Callable[[Message, Peer], str],
     client_side: Callable[[Message], str],
-    store: Store,
+    store: SQLiteStore,
 ) -> None:
     async with Server(server_side, port=0, store=store) as server:
-        out.line(f"server listening on 127.0.0.1:{server.port}, storing in {store.path}")
+        out.line(f"server listening on 127.0.0.1:{server.port}, storing in {store.where}")
         async with AsyncClient(
             "127.0.0.1", server.port, name="demo-client", handler=client_side
         ) as client:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from ..store import Record, Store, StoreError
+from ..store import Record, SQLiteStore, StoreError
 from .common import (
     EXIT_USAGE,
     db_option,
@@ -68,7 +68,7 @@ def log(
         fail(f"no store at {path} (start 'telex serve' first, or give --db)", EXIT_USAGE)
     start = None if since is None else parse_since(since)
     try:
-        store = Store(path, readonly=True)
+        store = SQLiteStore(path, readonly=True)
     except (StoreError, sqlite3.Error) as exc:
         fail(f"cannot read the store {path}: {exc}", EXIT_USAGE)
     out = Output(as_json)

@@ -22,7 +22,7 @@ from ..security import (
     server_context,
 )
 from ..server import DEFAULT_PORT, TEXT_PAUSE, Server, default_handler
-from ..store import SYNC_LEVELS, Store, StoreError
+from ..store import SYNC_LEVELS, SQLiteStore, StoreError
 from ..tuning import retain_freed_memory
 from .common import (
     EXIT_CONNECT,
@@ -133,7 +133,7 @@ def serve(
     if not no_store:
         path = db or default_db()
         try:
-            store = Store(path, sync=sync)
+            store = SQLiteStore(path, sync=sync)
         except (StoreError, sqlite3.Error, OSError) as exc:
             fail(f"cannot open the store {path}: {exc}", EXIT_CONNECT)
     if tls_prefix is not None:
@@ -175,7 +175,7 @@ async def _serve(server: Server, out: Output, interactive: bool) -> None:
     stop = stop_on_signals()  # before the port is printed: a signal may follow at once
     asyncio.get_running_loop().set_exception_handler(one_line_for_tls_errors)
     await server.start()
-    where = "nowhere (--no-store)" if server.store is None else str(server.store.path)
+    where = "nowhere (--no-store)" if server.store is None else str(server.store.where)
     secured = []
     if server.ssl is not None:
         secured.append("TLS")

@@ -36,6 +36,7 @@ from ..core.events import (
     Goodbye,
     Message,
     PeerError,
+    Ping,
     ProtocolViolation,
     Receipt,
     Welcome,
@@ -146,9 +147,14 @@ class _ClientProtocol(FlushOnce, asyncio.Protocol):
             elif type(event) is Welcome:
                 if not self.welcome.done():
                     self.welcome.set_result(event)
+            elif type(event) is Ping:
+                self.conn.send_pong(event.payload)
             elif type(event) is Goodbye:
                 self.server_goodbye = True
-            elif type(event) is ProtocolViolation or type(event) is PeerError:
+            elif type(event) is ProtocolViolation:
+                self.conn.send_error(ErrorCode(event.code), event.reason)
+                self.failure = ProtocolError(event.code, event.reason)
+            elif type(event) is PeerError:
                 self.failure = ProtocolError(event.code, event.reason)
                 if type(event) is PeerError and not self.welcome.done():
                     self.refusal = event

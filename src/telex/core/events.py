@@ -22,6 +22,7 @@ __all__ = [
     "Message",
     "MessageTooLarge",
     "PeerError",
+    "Ping",
     "Pong",
     "ProtocolViolation",
     "Receipt",
@@ -120,17 +121,36 @@ class Message(NamedTuple):
 class Ack(NamedTuple):
     """The answer to message ``id``: ``status`` 0 with a ``reply``, or a rejection.
 
-    A NamedTuple for the same reason as ``Message``: one is built per message.
+    ``flags`` say who answered, for a message to another client: ``stored`` (the server
+    keeps it for that client, whose own answer comes later as a ``Receipt``), or
+    ``delivered`` (this is that client's own answer). Neither: the receiver itself
+    answered. A NamedTuple for the same reason as ``Message``: one is built per message.
     """
 
     id: int
     status: int = AckStatus.OK
     reason: str = ""
     reply: Body = b""
+    flags: int = 0
 
     @property
     def ok(self) -> bool:
         return self.status == AckStatus.OK
+
+    @property
+    def stored(self) -> bool:
+        """The server stored it for another client, which has not acknowledged it yet."""
+        return bool(self.flags & 0x02)
+
+    @property
+    def delivered(self) -> bool:
+        """The client the message was for answered it (this is its answer)."""
+        return bool(self.flags & 0x04)
+
+    @property
+    def away(self) -> bool:
+        """With ``stored``: that client is not connected now."""
+        return bool(self.flags & 0x08)
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,6 +165,7 @@ class Receipt:
     status: int = AckStatus.OK
     reason: str = ""
     reply: Body = b""
+    flags: int = 0x04
 
     @property
     def ok(self) -> bool:
@@ -162,6 +183,13 @@ class MessageTooLarge:
     @property
     def reason(self) -> str:
         return f"message of {self.size} bytes is over the limit of {self.limit}"
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    """The peer asks whether we are there: answer with ``send_pong(payload)``."""
+
+    payload: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,6 +231,7 @@ Event = (
     | Ack
     | Receipt
     | MessageTooLarge
+    | Ping
     | Pong
     | Goodbye
     | PeerError

@@ -30,6 +30,20 @@ ACK_FIXED = ACK_HEAD.size - 4  # type + id + status + flags + reason length = 13
 FLAG_TEXT = 0x01
 """Flags bit 0: the body (or reply) is UTF-8 text."""
 
+FLAG_STORED = 0x02
+"""ACK flags bit 1: the server stored the message for the client it names; that client has
+not acknowledged it yet, and a RECEIPT under the same id follows when it does."""
+
+FLAG_DELIVERED = 0x04
+"""ACK and RECEIPT flags bit 2: status, reason and reply are those of the client the
+message was for: it has the message."""
+
+FLAG_AWAY = 0x08
+"""ACK flags bit 3, beside FLAG_STORED: that client is not connected now."""
+
+ANSWER_FLAGS = FLAG_STORED | FLAG_DELIVERED | FLAG_AWAY
+"""The outcome bits of an ACK's flags, as ``Ack.flags`` carries them."""
+
 CONTROL_FRAME_LIMIT = 64 * 1024
 """Largest frame other than MESSAGE and ACK (handshake, error, goodbye, ping)."""
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from enum import Enum
 from struct import Struct
 from typing import Any
 
@@ -31,6 +30,7 @@ from .events import (
     Message,
     MessageTooLarge,
     PeerError,
+    Ping,
     Pong,
     ProtocolViolation,
     Receipt,
@@ -38,6 +38,7 @@ from .events import (
 )
 from .frames import (
     ACK_FIXED,
+    ANSWER_FLAGS,
     CONTROL_FRAME_LIMIT,
     FLAG_TEXT,
     MESSAGE_FIXED,
@@ -46,6 +47,7 @@ from .frames import (
     SKIP_FACTOR,
     FrameType,
 )
+from .state import RECEIVES, Role, State, next_state
 
 __all__ = [
     "DEFAULT_MAX_MESSAGE_SIZE",
@@ -84,41 +86,6 @@ _ACK = int(FrameType.ACK)
 _new_tuple = tuple.__new__  # builds a Message without the call through its __new__
 
 
-class Role(Enum):
-    CLIENT = "client"
-    SERVER = "server"
-
-
-class State(Enum):
-    PREAMBLE = "preamble"  # waiting for the peer's 8-byte preamble
-    HANDSHAKE = "handshake"  # waiting for HELLO (server) or WELCOME (client)
-    AUTH = "auth"  # server only: HELLO came, waiting for the answer to its CHALLENGE
-    OPEN = "open"  # messages flow both ways
-    CLOSED = "closed"  # after an ERROR either way; nothing more is read
-
-
-_ANYTIME = {FrameType.ERROR}
-_OPEN = {
-    FrameType.MESSAGE,
-    FrameType.ROUTED,
-    FrameType.RECEIPT,
-    FrameType.ACK,
-    FrameType.PING,
-    FrameType.PONG,
-    FrameType.ERROR,
-    FrameType.GOODBYE,
-}
-
-ALLOWED: dict[tuple[Role, State], set[FrameType]] = {
-    (Role.SERVER, State.HANDSHAKE): {FrameType.HELLO} | _ANYTIME,
-    (Role.SERVER, State.AUTH): {FrameType.AUTH} | _ANYTIME,
-    (Role.CLIENT, State.HANDSHAKE): {FrameType.WELCOME, FrameType.CHALLENGE} | _ANYTIME,
-    (Role.SERVER, State.OPEN): _OPEN,
-    (Role.CLIENT, State.OPEN): _OPEN,
-}
-"""The state table: which frame types each side may receive in each state."""
-
-
 def looks_framed(first_bytes: bytes) -> bool | None:
     """Tell a telex client from a plain-text one by its first bytes (None: too few yet)."""
     if not first_bytes:
@@ -144,8 +111,8 @@ class Connection:
         self.requires_auth = requires_auth  # server: HELLO must be followed by AUTH
         self.state = State.PREAMBLE
         self.max_message_size = max_message_size
-        self.peer_said_goodbye = False
         self.said_goodbye = False
+        self.error_done = False  # an ERROR was sent or received: nothing more is sent
         self.last_received_id = 0
         self._next_id = 1  # a client numbers its own, across a session: see send_message(msg_id)
         self._out: list[bytes] = []
@@ -192,6 +159,8 @@ class Connection:
         """
         if self.role is not Role.SERVER:
             raise RuntimeError("only a server welcomes")
+        if self.error_done:
+            return
         welcome: dict[str, Any] = {"version": frames.PROTOCOL_VERSION, "agent": agent}
         welcome["limits"] = limits or {}
         if name is not None:
@@ -262,6 +231,14 @@ class Connection:
         self._ack_length = ACK_FIXED + len(self._payload)
         self._reply = reply
 
+    def send_answer(
+        self, msg_id: int, status: int, reason: str = "", reply: Body = b"", flags: int = 0
+    ) -> None:
+        """Queue an ACK with every field given: ``flags`` are the outcome bits
+        (``frames.FLAG_STORED``, ``FLAG_DELIVERED``, ``FLAG_AWAY``) beside the reply's kind."""
+        payload, text = frames.encode_body(reply)
+        self._out.append(frames.ack(msg_id, status, reason[:1000].encode(), payload, text | flags))
+
     def send_rejection(self, msg_id: int, status: int, reason: str) -> None:
         """Queue a rejection of ``msg_id``: a nonzero status and a human-readable reason."""
         if status == AckStatus.OK:
@@ -271,12 +248,17 @@ class Connection:
     def send_receipt(self, msg_id: int, status: int, reason: str, reply: Body) -> None:
         """Server only: message ``msg_id`` reached its recipient, which answered so."""
         payload, flags = frames.encode_body(reply)
-        self._out.append(
-            frames.ack(msg_id, status, reason[:1000].encode(), payload, flags, FrameType.RECEIPT)
-        )
+        reason_bytes = reason[:1000].encode()
+        flags |= frames.FLAG_DELIVERED
+        receipt = frames.ack(msg_id, status, reason_bytes, payload, flags, FrameType.RECEIPT)
+        self._out.append(receipt)
 
     def send_ping(self, payload: int = 0) -> None:
         self._out.append(frames.ping(FrameType.PING, payload))
+
+    def send_pong(self, payload: bytes) -> None:
+        """Answer a ``Ping`` event with its 8 bytes."""
+        self._out.append(frames.HEADER.pack(9, FrameType.PONG) + payload)
 
     def send_goodbye(self, reason: str = "") -> None:
         """Say we send no new messages; acknowledgments may still follow."""
@@ -285,8 +267,13 @@ class Connection:
             self._out.append(frames.goodbye(reason))
 
     def send_error(self, code: ErrorCode, reason: str) -> None:
-        """Queue an ERROR frame; the caller closes the connection after writing it."""
-        if self.state is not State.CLOSED:
+        """Queue an ERROR frame, the last frame: the caller closes after writing it.
+
+        After a ``ProtocolViolation`` event the caller sends the ERROR it names, once it
+        has queued the answers to what came before the violation.
+        """
+        if not self.error_done:
+            self.error_done = True
             self._out.append(frames.error(code, reason))
             self._close()
 
@@ -384,7 +371,7 @@ class Connection:
                                 reply = b""  # the checked path below reports it
                                 flags = -1
                         if flags != -1:
-                            append(new(Ack, (msg_id, status, "", reply)))
+                            append(new(Ack, (msg_id, status, "", reply, flags & ANSWER_FLAGS)))
                             pos = end
                             continue
             avail = n - pos
@@ -439,6 +426,7 @@ class Connection:
                 break
             if not self._control(FrameType(ftype), data[pos + 5 : end], events):
                 return
+            accepting = self._accepting  # a HELLO opens, a GOODBYE closes, mid-read
             pos = end
         self.last_received_id = last_id
         if pos < n and self.state is not State.CLOSED:
@@ -484,17 +472,18 @@ class Connection:
         except ValueError:
             self._violation(events, ErrorCode.UNKNOWN_FRAME_TYPE, f"unknown frame type {ftype}")
             return False
-        if frame_type not in ALLOWED.get((self.role, self.state), ()):
+        if frame_type not in RECEIVES[self.role][self.state]:
             handshake = frame_type in (FrameType.HELLO, FrameType.WELCOME)
-            detail = " (a second handshake)" if handshake and self.state is State.OPEN else ""
+            detail = ""
+            if handshake and self.state in (State.OPEN, State.DRAINING):
+                detail = " (a second handshake)"
+            elif self.state is State.DRAINING:
+                detail = " after GOODBYE"
             self._violation(
                 events,
                 ErrorCode.UNEXPECTED_FRAME,
                 f"unexpected {frame_type.name} frame in state {self.state.value}{detail}",
             )
-            return False
-        if frame_type in (FrameType.MESSAGE, FrameType.ROUTED) and self.peer_said_goodbye:
-            self._violation(events, ErrorCode.UNEXPECTED_FRAME, "MESSAGE after GOODBYE")
             return False
         return True
 
@@ -522,19 +511,20 @@ class Connection:
                 events.append(Receipt(*self._parse_ack(payload)))
             elif ftype is FrameType.PING:
                 self._expect_length(payload, 8)
-                self._out.append(frames.HEADER.pack(9, FrameType.PONG) + payload)
+                events.append(Ping(payload))
             elif ftype is FrameType.PONG:
                 self._expect_length(payload, 8)
                 events.append(Pong(payload))
             elif ftype is FrameType.GOODBYE:
-                self.peer_said_goodbye = True
-                self._accepting = False  # a MESSAGE now takes the checked path, and fails
                 events.append(Goodbye(payload.decode()))
+                self.state = State.DRAINING
+                self._accepting = False  # a MESSAGE now takes the checked path, and fails
             elif ftype is FrameType.ERROR:
                 if len(payload) < 2:
                     raise _Malformed("ERROR frame too short")
                 (code,) = _unpack_u16(payload, 0)
                 events.append(PeerError(code, payload[2:].decode()))
+                self.error_done = True  # never answer an ERROR with one
                 self._close()
                 return False
             elif ftype is FrameType.HELLO:
@@ -578,19 +568,19 @@ class Connection:
         reason = payload[start : start + reason_len].decode()
         raw_reply = payload[start + reason_len :]
         reply: Body = raw_reply.decode() if flags & FLAG_TEXT else raw_reply
-        return Ack(msg_id, status, reason, reply)
+        return Ack(msg_id, status, reason, reply, flags & ANSWER_FLAGS)
 
     def _load_json(self, payload: bytes, what: str, *, versioned: bool = True) -> dict[str, Any]:
         try:
             obj = json.loads(payload.decode())
-        except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError alike
+        except (ValueError, RecursionError) as exc:  # bad JSON, bad UTF-8, or nested too deep
             raise _Malformed(f"{what} is not a JSON object") from exc
         if not isinstance(obj, dict):
             raise _Malformed(f"{what} is not a JSON object")
         if not versioned:
             return obj
         version = obj.get("version")
-        if version != frames.PROTOCOL_VERSION:
+        if type(version) is not int or version != frames.PROTOCOL_VERSION:
             raise _Unsupported(
                 f"protocol version {version!r} not supported (this side speaks "
                 f"{frames.PROTOCOL_VERSION})"
@@ -610,11 +600,10 @@ class Connection:
             raise _BadName(
                 f"invalid name {name[:40]!r}: use 1 to {MAX_NAME_LENGTH} letters, digits, . _ -"
             )
-        if self.requires_auth:
-            self.state = State.AUTH  # nothing but AUTH until the server welcomes
-        else:
-            self.state = State.OPEN
-            self._accepting = True
+        self.state = next_state(
+            self.role, self.state, FrameType.HELLO, needs_auth=self.requires_auth
+        )
+        self._accepting = self.state is State.OPEN  # with a token: nothing but AUTH yet
         return Hello(frames.PROTOCOL_VERSION, name, agent, session)
 
     def _parse_welcome(self, payload: bytes) -> Welcome:
@@ -634,7 +623,9 @@ class Connection:
         return Welcome(frames.PROTOCOL_VERSION, agent, limits, name, stable_ids)
 
     def _violation(self, events: list[Event], code: ErrorCode, reason: str) -> list[Event]:
-        self.send_error(code, reason)
+        """The peer broke the rules: read nothing more, and report it as the last event.
+        The ERROR frame is the caller's to send, after the answers to what came before."""
+        self._close()
         events.append(ProtocolViolation(code, reason))
         return events
 

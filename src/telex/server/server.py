@@ -1,38 +1,54 @@
 """The asyncio server: accepts framed and plain-text peers and acknowledges every message.
 
-``Server`` holds what its connections share (the handler, the limits, the names and
-sessions, the store's journal, TLS and tokens), sends to clients, and shuts down
-cleanly; each connection is a ``peer.PeerProtocol``. One timer task watches every
-connection's deadlines.
+``Server`` is a thin adapter around the sans-I/O broker (``telex.core.broker``): it
+accepts connections (one ``adapter.PeerProtocol`` each), carries out the broker's
+actions (write, close, commit a batch on the store thread, look up a session, run an
+async handler), watches deadlines, and shuts down cleanly.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
 from ssl import SSLContext
+from typing import Any
 
-from ..core.events import (
-    Ack,
-    AckStatus,
-    Body,
-    Message,
+from .._version import __version__
+from ..core.broker import (
+    Broker,
+    Close,
+    Commit,
+    Find,
+    Flush,
+    Handler,
+    Link,
+    Load,
+    Notice,
+    Pause,
+    Peer,
+    PeerEvent,
+    RefuseLogin,
+    RunHandler,
 )
+from ..core.events import Ack, AckStatus, Body, ErrorCode, Message
 from ..core.handlers import Reject, is_async
 from ..core.limits import Limits
-from ..core.protocol import Connection
+from ..core.records import Committed, Found
 from ..exceptions import MessageRejected, TelexTimeout
-from ..security import Users, stretch
-from ..store import Store
-from .adapter import Handler, Peer, PeerEvent, PeerProtocol, settle_with
-from .journal import Journal
+from ..security import TokenGate, Users
+from ..store.base import Store, StoreError, open_store
+from .adapter import PeerProtocol
 
 __all__ = [
     "DEFAULT_PORT",
+    "TEXT_PAUSE",
     "Handler",
     "Peer",
     "PeerEvent",
@@ -58,7 +74,9 @@ class Server:
     """A telex server. ``async with Server(handler, port=0) as server: ...``
 
     ``handler(message, peer)`` returns the reply body (``str``, ``bytes`` or ``None``)
-    or raises ``Reject``; it may be a plain or an ``async`` function.
+    or raises ``Reject``; it may be a plain or an ``async`` function. ``store`` keeps
+    every message before it is acknowledged: a path to a SQLite file, or an opened
+    ``telex.store.Store``; without one, nothing is kept.
     """
 
     def __init__(
@@ -71,50 +89,52 @@ class Server:
         text_pause: float = TEXT_PAUSE,
         shutdown_grace: float = 5.0,
         on_event: Callable[[PeerEvent], object] | None = None,
-        store: Store | None = None,
+        store: str | Path | Store | None = None,
+        sync: str = "normal",
         ssl: SSLContext | None = None,
         token: str | None = None,
         users: Users | None = None,
     ) -> None:
         self.handler: Handler = handler or default_handler
-        self.store = store
-        self.journal = None if store is None else Journal(store)
+        self._owns_store = store is not None and not isinstance(store, Store)
+        self.store = None if store is None else open_store(store, sync=sync)
         self.ssl = ssl
         self.token = token
         self.users = users
-        self.auth_required = token is not None or users is not None
+        self.gate = TokenGate(token, users) if token is not None or users is not None else None
+        self.auth_required = self.gate is not None
         self.auth_failures: dict[str, deque[float]] = {}  # by address, for the slow-down
         self.host = host
         self.port = port
         self.limits = limits or Limits()
         self.text_pause = text_pause
         self.shutdown_grace = shutdown_grace
-        self.handler_is_async = is_async(self.handler)
         self.on_event = on_event
+        self.broker = Broker(
+            self.handler,
+            handler_is_async=is_async(self.handler),
+            stored=self.store is not None,
+            gate=self.gate,
+            max_message_size=self.limits.max_message_size,
+            advertised=self.limits.advertised(),
+            agent=f"telex/{__version__}",
+        )
         self.connections: set[PeerProtocol] = set()
-        self.clients: dict[str, PeerProtocol] = {}  # framed clients, by name
-        self.sessions: dict[str, PeerProtocol] = {}  # framed clients, by session
-        self._guests = 0
-        self.counts = {
-            "connections": 0,
-            "accepted": 0,
-            "rejected": 0,
-            "delivered": 0,
-            "resent": 0,  # messages sent again after a reconnect, acknowledged, not stored again
-            "auth_failures": 0,
-            "violations": 0,
-            "refused_connections": 0,
-        }
         self.closing = False
         self._per_address: dict[str, int] = {}
         self._server: asyncio.Server | None = None
         self._watchdog: asyncio.Task[None] | None = None
         self._all_gone = asyncio.Event()
+        self._store_thread: ThreadPoolExecutor | None = None
+        self._commit_scheduled = False
+        self._last_store_error = ""
 
     # -- life cycle -----------------------------------------------------------------
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
+        if self.store is not None:
+            self._store_thread = ThreadPoolExecutor(1, thread_name_prefix="telex-store")
         self._server = await loop.create_server(
             lambda: PeerProtocol(self),
             self.host,
@@ -143,7 +163,11 @@ class Server:
         if self._server is not None:
             self._server.close()
         for peer in list(self.connections):
-            peer.begin_goodbye()
+            if peer.tls_pending and peer.tls_task is not None and peer.transport is not None:
+                peer.tls_task.cancel()
+                peer._drop(peer.transport)
+        self.broker.shutdown()
+        self.run_actions()
         if self.connections:
             self._all_gone.clear()
             try:
@@ -155,6 +179,10 @@ class Server:
             self._watchdog.cancel()
         if self._server is not None:
             await self._server.wait_closed()
+        if self._store_thread is not None:  # the last commit finishes before the store closes
+            await asyncio.get_running_loop().run_in_executor(None, self._store_thread.shutdown)
+        if self._owns_store and self.store is not None:
+            self.store.close()
 
     async def __aenter__(self) -> Server:
         await self.start()
@@ -165,56 +193,153 @@ class Server:
 
     def stats(self) -> dict[str, int]:
         """What the server has counted, for ``--json`` and monitoring."""
-        return {**self.counts, "open_connections": len(self.connections)}
+        counts = self.broker.stats
+        return {
+            "connections": counts.connections,
+            "accepted": counts.accepted,
+            "rejected": counts.rejected,
+            "delivered": counts.delivered,
+            "receipts": counts.receipts,
+            "resent": counts.resent,
+            "auth_failures": counts.auth_failures,
+            "violations": counts.violations,
+            "refused_connections": counts.refused_connections,
+            "commits": counts.commits,
+            "commit_failures": counts.commit_failures,
+            "open_connections": len(self.connections),
+        }
+
+    @property
+    def clients(self) -> dict[str, Any]:
+        """The framed clients connected now, by name."""
+        return dict(self.broker.clients)
+
+    # -- the broker's actions ----------------------------------------------------------
+
+    def run_actions(self) -> None:
+        """Carry out what the broker asked for, until it asks for nothing more."""
+        broker = self.broker
+        while broker.actions:
+            for action in broker.take_actions():
+                match action:
+                    case Flush(link):
+                        link.io.flush()
+                    case Close(link):
+                        link.io.close()
+                    case Commit():
+                        if not self._commit_scheduled:  # at the end of this loop turn
+                            self._commit_scheduled = True
+                            asyncio.get_running_loop().call_soon(self._commit)
+                    case Load(link, session, name):
+                        loaded = functools.partial(broker.loaded, link)
+                        self._on_store("session_state", (session, name), loaded, link)
+                    case Find(link, session, ids):
+                        found = functools.partial(_found, broker, link, ids)
+                        self._on_store("find_many", (session, ids), found, link)
+                    case RunHandler(link):
+                        link.io.run_handler(action)
+                    case Pause(link, reading):
+                        link.io.set_reading("broker", reading)
+                    case RefuseLogin():
+                        self._refuse_login(action)
+                    case Notice(event):
+                        self._notice(event)
+
+    def _commit(self) -> None:
+        """Store what the broker collected this loop turn, on the store thread."""
+        self._commit_scheduled = False
+        batch = self.broker.take_batch()
+        if batch is None or self.store is None or self._store_thread is None:
+            return
+        future = self._store_thread.submit(self.store.commit, batch, time.time())
+        loop = asyncio.get_running_loop()
+        future.add_done_callback(lambda done: loop.call_soon_threadsafe(self._committed, done))
+
+    def _committed(self, future: Future[Committed]) -> None:
+        try:
+            result = future.result()
+        except Exception as exc:  # StoreError, or anything a driver raises
+            error = str(exc) if isinstance(exc, StoreError) else f"{type(exc).__name__}: {exc}"
+            if error != self._last_store_error:
+                log.error("store: %s: nothing is acknowledged until it can write again", error)
+            self._last_store_error = error
+            self.broker.commit_failed(error)
+        else:
+            self._last_store_error = ""
+            self.broker.committed(result)
+        self.run_actions()
+
+    def _on_store(
+        self, method: str, args: tuple[Any, ...], then: Callable[[Any], None], link: Any
+    ) -> None:
+        """Run a store lookup on the store thread; ``then`` its result on the loop."""
+        assert self._store_thread is not None and self.store is not None
+        call = getattr(self.store, method)
+        loop = asyncio.get_running_loop()
+
+        def done(future: Future[Any]) -> None:
+            try:
+                result = future.result()
+            except Exception as exc:
+                log.error("store: cannot read: %s", exc)
+                self.broker.fail(link, ErrorCode.INTERNAL_ERROR, "the server cannot read its store")
+            else:
+                then(result)
+            self.run_actions()
+
+        future = self._store_thread.submit(call, *args)
+        future.add_done_callback(lambda f: loop.call_soon_threadsafe(done, f))
+
+    def _refuse_login(self, action: RefuseLogin) -> None:
+        """A failed login: answered after the address's penalty (if any), then closed."""
+        peer: PeerProtocol = action.link.io
+        delay = self.penalty(action.link.host)
+        peer.set_reading("login", False)
+        message = f"login refused: {action.reason}"
+
+        def refuse() -> None:
+            self.broker.fail(action.link, ErrorCode.AUTH_FAILED, message)
+            self.run_actions()
+
+        if delay:
+            asyncio.get_running_loop().call_later(delay, refuse)
+        else:
+            refuse()
+
+    def _notice(self, event: PeerEvent) -> None:
+        where = event.peer.address
+        if event.peer.name:
+            where = f"{where} ({event.peer.name})"
+        if event.kind == "joined":
+            log.info("%s: joined%s", where, " (text)" if event.peer.mode == "text" else "")
+        elif event.kind == "handler_failed":
+            log.error("%s: handler failed on %s", where, event.detail, exc_info=event.error)
+        elif event.kind == "violation":
+            log.warning("%s: protocol violation: %s", where, event.detail)
+        elif event.kind == "peer_error":
+            log.warning("%s: peer reported error %s", where, event.detail)
+        elif event.kind == "refused":
+            log.warning("%s: login refused: %s", where, event.detail)
+        elif event.kind == "too_large":
+            log.warning("%s: %s", where, event.detail)
+        if event.kind in ("joined", "left") and self.on_event is not None:
+            self.on_event(PeerEvent(event.kind, event.peer, event.detail))
 
     # -- sending to clients -----------------------------------------------------------
 
     def send_nowait(self, name: str, body: Body) -> asyncio.Future[Ack]:
-        """Send to the client ``name``; the future gets its ack (a rejection included)."""
+        """Send to the client ``name``; the future gets the outcome: the client's ack
+        (``ack.delivered``), a rejection, or with a store that it is stored for a client
+        that is away (``ack.stored``)."""
         future: asyncio.Future[Ack] = asyncio.get_running_loop().create_future()
-        settle = settle_with(future)
-        journal = self.journal
-        if journal is None:
-            target = self.clients.get(name)
-            if target is None:
-                settle(Ack(0, AckStatus.NOT_DELIVERED, f"no client named {name!r} is connected"))
-            else:
-                target.deliver(body, None, settle)
-            return future
-        seq = journal.number()
 
-        def stored() -> None:
-            target = self.clients.get(name)
-            if target is None:
-                settle(Ack(seq, AckStatus.OK, f"stored for {name}, who is not connected"))
-                return
+        def settle(ack: Ack) -> None:
+            if not future.done():
+                future.set_result(ack)
 
-            def answered(ack: Ack) -> None:
-                self.delivery_answered(seq, None, 0, ack)
-                if ack.status == AckStatus.NOT_DELIVERED:  # it stays in the outbox
-                    ack = Ack(
-                        seq, AckStatus.OK, f"stored for {name}, who left before acknowledging"
-                    )
-                settle(ack)
-
-            target.deliver(body, None, answered, msg_id=seq)
-
-        row = (seq, None, None, None, name, body, None, time.time(), None)
-        journal.then(row, stored, lambda reason: settle(Ack(seq, AckStatus.UNAVAILABLE, reason)))
+        self.broker.send(name, body, settle)
+        self.run_actions()
         return future
-
-    def delivery_answered(self, seq: int, session: str | None, sender_id: int, ack: Ack) -> None:
-        """A stored message's recipient answered: record it, and tell its sender (a receipt)."""
-        assert self.journal is not None
-        if ack.status == AckStatus.NOT_DELIVERED:  # it left first: the outbox keeps it
-            return
-        self.journal.delivered(seq)
-        if ack.ok:
-            self.counts["delivered"] += 1
-        sender = None if session is None else self.sessions.get(session)
-        if sender is not None and isinstance(sender.proto, Connection):
-            sender.proto.send_receipt(sender_id, ack.status, ack.reason, ack.reply)
-            sender.schedule_flush()
 
     async def send(self, name: str, body: Body, *, timeout: float = 30.0) -> Ack:
         """Send to the client ``name`` and return its ack; raise ``MessageRejected`` if not ok."""
@@ -236,13 +361,15 @@ class Server:
         timeout: float = 30.0,
     ) -> list[Ack]:
         """Send every body to ``name`` with up to ``window`` unacknowledged; return all the
-        acks, in order (rejections included). ``timeout`` bounds each wait for room.
+        answers, in order (rejections included). ``timeout`` bounds each wait for room.
 
-        Without a store no future is made per message: the fast way to push.
+        Without a store no future is made per message: the fast way to push. The acks
+        are the client's own, as it sent them.
         """
-        if self.journal is not None:  # each is stored before it is sent: one at a time
+        if self.store is not None:  # each is stored before it is sent
             return await self._send_many_stored(name, bodies, window, timeout)
-        target = self.clients.get(name)
+        broker = self.broker
+        target = broker.clients.get(name)
         acks: list[Ack] = []
         waiting = 0
         room = asyncio.Event()
@@ -259,13 +386,15 @@ class Server:
             for body in bodies:
                 if waiting >= window:
                     room.clear()
+                    self.run_actions()
                     async with asyncio.timeout(timeout):
                         await room.wait()
-                if target is None or target not in self.connections:
+                if target is None or target not in broker.links:
                     acks.append(gone)
                     continue
-                target.deliver(body, None, answered)
+                broker.deliver(target, body, None, answered)
                 waiting += 1
+            self.run_actions()
             async with asyncio.timeout(timeout):
                 while waiting:
                     room.clear()
@@ -291,8 +420,8 @@ class Server:
         return acks
 
     async def broadcast(self, body: Body, *, timeout: float = 30.0) -> dict[str, Ack]:
-        """Send to every named client; return each one's ack (rejections included)."""
-        futures = {name: self.send_nowait(name, body) for name in sorted(self.clients)}
+        """Send to every named client; return each one's answer (rejections included)."""
+        futures = {name: self.send_nowait(name, body) for name in sorted(self.broker.clients)}
         if futures:
             await asyncio.wait(futures.values(), timeout=timeout)
         gone = Ack(0, AckStatus.NOT_DELIVERED, f"no acknowledgment within {timeout:g} s")
@@ -300,41 +429,9 @@ class Server:
 
     def who(self) -> list[Peer]:
         """Everyone connected now, oldest first."""
-        peers = [c.peer for c in self.connections if c.open]
-        return sorted(peers, key=lambda peer: peer.connected_at)
+        return self.broker.who()
 
     # -- bookkeeping for connections ------------------------------------------------
-
-    def claim_name(self, peer: PeerProtocol, wanted: str | None) -> str | None:
-        """Register a framed client's name (a guest name if it gave none); None if taken.
-
-        The same session asking again is the same client reconnecting before the server
-        noticed its old connection had gone: the new connection takes the name over.
-        """
-        if wanted is None:
-            while True:
-                self._guests += 1
-                wanted = f"guest-{self._guests}"
-                if wanted not in self.clients:
-                    break
-        elif (holder := self.clients.get(wanted)) is not None:
-            session = peer.peer.session
-            if session is None or holder.peer.session != session:
-                return None
-            holder.abort()
-        self.clients[wanted] = peer
-        if peer.peer.session is not None:
-            self.sessions[peer.peer.session] = peer
-        return wanted
-
-    def auth_key(self, name: str | None) -> tuple[bytes, bytes] | None:
-        """(key, salt) a client must prove: its own with a users file, else the token."""
-        user = None if self.users is None else self.users.get(name)
-        if user is not None:
-            return user.key, user.salt
-        if self.token is not None:
-            return stretch(self.token, b""), b""
-        return None
 
     def penalty(self, address: str) -> float:
         """Seconds to wait before answering a failed login from ``address``: none for the
@@ -348,39 +445,29 @@ class Server:
         excess = len(failures) - 5
         return 0.0 if excess <= 0 else min(2.0 ** (excess - 1), 30.0)
 
-    def emit(self, kind: str, peer: Peer, detail: str = "") -> None:
-        if self.on_event is not None:
-            self.on_event(PeerEvent(kind, peer, detail))
-
     def admit(self, peer: PeerProtocol) -> bool:
-        address = peer.host
+        address = peer.link.host
         if (
             self.closing
             or len(self.connections) >= self.limits.max_connections
             or self._per_address.get(address, 0) >= self.limits.max_connections_per_address
         ):
-            self.counts["refused_connections"] += 1
+            self.broker.stats.refused_connections += 1
             return False
         self.connections.add(peer)
         self._per_address[address] = self._per_address.get(address, 0) + 1
-        self.counts["connections"] += 1
         return True
 
     def forget(self, peer: PeerProtocol) -> None:
         if peer not in self.connections:
             return
-        name = peer.peer.name
-        if name is not None and self.clients.get(name) is peer:
-            del self.clients[name]
-        session = peer.peer.session
-        if session is not None and self.sessions.get(session) is peer:
-            del self.sessions[session]
         self.connections.discard(peer)
-        left = self._per_address[peer.host] - 1
+        host = peer.link.host
+        left = self._per_address[host] - 1
         if left:
-            self._per_address[peer.host] = left
+            self._per_address[host] = left
         else:
-            del self._per_address[peer.host]
+            del self._per_address[host]
         if not self.connections:
             self._all_gone.set()
 
@@ -394,3 +481,8 @@ class Server:
             now = loop.time()
             for peer in list(self.connections):
                 peer.check_deadlines(now)
+            self.run_actions()
+
+
+def _found(broker: Broker, link: Link, ids: tuple[int, ...], found: dict[int, Found]) -> None:
+    broker.found(link, found, ids)

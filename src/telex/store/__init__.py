@@ -1,29 +1,18 @@
 """Where messages are kept: the store interface and its SQLite implementation."""
 
-from .sqlite import (
-    MIGRATIONS,
-    SCHEMA_VERSION,
-    SYNC_LEVELS,
-    Item,
-    Record,
-    Row,
-    Segment,
-    Store,
-    StoreError,
-    pack,
-    unpack,
-)
+from ..core.records import Record
+from .base import Store, StoreError, open_store
+from .sqlite import MIGRATIONS, SCHEMA_VERSION, SYNC_LEVELS, SQLiteStore, pack, unpack
 
 __all__ = [
     "MIGRATIONS",
     "SCHEMA_VERSION",
     "SYNC_LEVELS",
-    "Item",
     "Record",
-    "Row",
-    "Segment",
+    "SQLiteStore",
     "Store",
     "StoreError",
+    "open_store",
     "pack",
     "unpack",
 ]

@@ -1,4 +1,4 @@
-"""The server's message log in SQLite: what was said, dedup of resent messages, the outbox.
+"""The SQLite store (the embedded default): what was said, dedup of resent messages, the outbox.
 
 Every message has a ``seq``, the order the server stored it in, and is named by its
 sender's ``session`` and ``sender_id``, so a message resent after a reconnect is found
@@ -13,7 +13,7 @@ costs about two microseconds a row, more than all the rest of the server's work 
 message; a row per batch makes storing cheap next to receiving.
 
 Bodies keep their kind: text comes back as ``str``, bytes as ``bytes``. This module
-knows nothing of the protocol.
+knows nothing of the protocol: it takes and gives the records of ``telex.core.records``.
 """
 
 from __future__ import annotations
@@ -23,19 +23,16 @@ import heapq
 import sqlite3
 import struct
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from ..core.records import Batch, Committed, Found, Item, Pending, Record, SessionState
+from .base import Store, StoreError
 
 __all__ = [
     "SCHEMA_VERSION",
     "SYNC_LEVELS",
-    "Item",
-    "Record",
-    "Row",
-    "Segment",
-    "Store",
-    "StoreError",
+    "SQLiteStore",
     "pack",
     "unpack",
 ]
@@ -78,17 +75,6 @@ MIGRATIONS: list[str] = [
     """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
-
-Row = tuple[int, str | None, int | None, str | None, str | None, Any, Any, float, float | None]
-"""A message for a client: (seq, session, sender_id, sender, recipient, body, reply,
-received, delivered)."""
-
-Item = tuple[int, Any, Any]
-"""A message for the server, in a segment: (sender_id, body, reply)."""
-
-Segment = tuple[int, str | None, str | None, float, Sequence[Item]]
-"""Messages for the server from one connection: (first seq, session, sender, received,
-items). The items get seq, seq + 1, ... in order."""
 
 _ITEM = struct.Struct(">QIIB")  # sender_id, body length, reply length, flags
 _BODY_TEXT, _REPLY_TEXT = 1, 2
@@ -137,26 +123,9 @@ def unpack(blob: bytes) -> Iterator[Item]:
         )
 
 
-class StoreError(Exception):
-    """The store could not write (a full disk, a read-only file): nothing is acknowledged."""
-
-
-@dataclass(frozen=True, slots=True)
-class Record:
-    """One stored message, as ``telex log`` shows it."""
-
-    seq: int
-    sender: str | None
-    recipient: str | None
-    sender_id: int | None
-    body: bytes | str
-    reply: bytes | str | None
-    received: float
-    delivered: float | None
-
-
-class Store:
-    """A SQLite message log in WAL mode. Use it from one thread (the server's loop)."""
+class SQLiteStore(Store):
+    """A SQLite message log in WAL mode, used by one thread at a time (the server runs
+    every call on its one store thread)."""
 
     def __init__(self, path: str | Path, *, sync: str = "normal", readonly: bool = False) -> None:
         self.path = Path(path)
@@ -165,15 +134,20 @@ class Store:
         self.sync = sync
         if readonly:
             uri = f"{self.path.resolve().as_uri()}?mode=ro"
-            self.db = sqlite3.connect(uri, uri=True, isolation_level=None)
+            self.db = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
         else:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.db = sqlite3.connect(self.path, isolation_level=None)
+            self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self.db.execute("PRAGMA busy_timeout = 5000")
         if not readonly:
             self.db.execute("PRAGMA journal_mode = WAL")
             self.db.execute(f"PRAGMA synchronous = {SYNC_LEVELS[sync]}")
             self._migrate()
+        self._next_seq = 0  # read when the first commit numbers what it stores
+
+    @property
+    def where(self) -> str:
+        return str(self.path)
 
     def _migrate(self) -> None:
         """Bring the schema to SCHEMA_VERSION, one migration at a time, each atomic."""
@@ -201,25 +175,53 @@ class Store:
         ).fetchone()[0]
         return int(last) + 1
 
-    def write(
-        self,
-        rows: Sequence[Row] = (),
-        delivered: Sequence[tuple[float, int]] = (),
-        segments: Sequence[Segment] = (),
-    ) -> None:
-        """Store ``rows`` and ``segments``, mark ``(time, seq)`` pairs delivered: all in one
-        transaction. Raises ``StoreError`` if it did not commit; then nothing of it is."""
+    def commit(self, batch: Batch, now: float) -> Committed:
+        """Store a batch in one transaction, numbered on from the last stored seq.
+        Raises ``StoreError`` if it did not commit; then nothing of it is."""
+        seq = self._next_seq or self.next_seq()
+        inbound: list[int] = []
+        envelopes: list[int] = []
+        segment_rows = []
+        for part in batch.inbound:
+            inbound.append(seq)
+            segment_rows.append(_segment_row(seq, part.session, part.sender, now, part.items))
+            seq += len(part.items)
+        rows = []
+        for envelope in batch.envelopes:
+            envelopes.append(seq)
+            rows.append(
+                (seq, envelope.session, envelope.sender_id, envelope.sender, envelope.recipient,
+                 envelope.body, None, now, None)
+            )  # fmt: skip
+            seq += 1
         try:
             with self._transaction():
                 self.db.execute("BEGIN")
                 if rows:
                     self.db.executemany(_INSERT, rows)
-                if segments:
-                    self.db.executemany(_INSERT_SEGMENT, [_segment_row(s) for s in segments])
-                if delivered:
-                    self.db.executemany(_DELIVERED, delivered)
+                if segment_rows:
+                    self.db.executemany(_INSERT_SEGMENT, segment_rows)
+                if batch.delivered:
+                    self.db.executemany(_DELIVERED, [(now, seq) for seq in batch.delivered])
         except sqlite3.Error as exc:
             raise StoreError(str(exc)) from exc
+        self._next_seq = seq
+        return Committed(inbound, envelopes)
+
+    def session_state(self, session: str | None, name: str) -> SessionState:
+        outbox = tuple(
+            Pending(seq, body, sender, from_session, sender_id)
+            for seq, from_session, sender_id, sender, body in self.outbox(name)
+        )
+        return SessionState(0 if session is None else self.last_id(session), outbox)
+
+    def find_many(self, session: str, ids: Sequence[int]) -> dict[int, Found]:
+        found: dict[int, Found] = {}
+        for msg_id in ids:
+            hit = self._find(session, msg_id)
+            if hit is not None:
+                found[msg_id] = hit
+        return found
 
     # -- reading --------------------------------------------------------------------
 
@@ -232,22 +234,21 @@ class Store:
         ).fetchone()
         return int(row[0] or 0)
 
-    def find(self, session: str, sender_id: int) -> tuple[int, Any] | None:
-        """(seq, reply) of a message already stored, or None."""
+    def _find(self, session: str, sender_id: int) -> Found | None:
         row = self.db.execute(
-            "SELECT seq, reply FROM messages WHERE session = ? AND sender_id = ?",
+            "SELECT recipient, reply FROM messages WHERE session = ? AND sender_id = ?",
             (session, sender_id),
         ).fetchone()
         if row is not None:
-            return int(row[0]), row[1]
-        for seq, blob in self.db.execute(
+            return Found(row[1], row[0])
+        for _, blob in self.db.execute(
             "SELECT seq, messages FROM segments "
             "WHERE session = ? AND last_id >= ? AND first_id <= ?",
             (session, sender_id, sender_id),
         ):
-            for offset, (item_id, _, reply) in enumerate(unpack(blob)):
+            for item_id, _, reply in unpack(blob):
                 if item_id == sender_id:
-                    return int(seq) + offset, reply
+                    return Found(reply)
         return None
 
     def outbox(self, recipient: str) -> list[tuple[int, str | None, int | None, str | None, Any]]:
@@ -326,8 +327,9 @@ _INSERT_SEGMENT = (
 )
 
 
-def _segment_row(segment: Segment) -> tuple[Any, ...]:
-    seq, session, sender, received, items = segment
+def _segment_row(
+    seq: int, session: str | None, sender: str | None, received: float, items: Sequence[Item]
+) -> tuple[Any, ...]:
     ids = [item[0] for item in items]
     return (seq, len(items), session, sender, min(ids), max(ids), received, pack(items))
 

@@ -18,6 +18,7 @@ from telex.core.events import (
     Message,
     MessageTooLarge,
     PeerError,
+    Ping,
     Pong,
     ProtocolViolation,
     Welcome,
@@ -110,8 +111,11 @@ def test_ack_reply_cache_follows_the_reply() -> None:
 def test_ping_is_answered_with_pong() -> None:
     client, server = handshake()
     client.send_ping(42)
-    assert server.receive_data(client.data_to_send()) == []
-    assert client.receive_data(server.data_to_send()) == [Pong(struct.pack(">Q", 42))]
+    payload = struct.pack(">Q", 42)
+    assert server.receive_data(client.data_to_send()) == [Ping(payload)]
+    assert server.data_to_send() == b""  # the PONG is the caller's, in its turn
+    server.send_pong(payload)
+    assert client.receive_data(server.data_to_send()) == [Pong(payload)]
 
 
 def test_goodbye_then_message_is_a_violation() -> None:
@@ -160,7 +164,7 @@ def stream_and_events() -> tuple[bytes, list[object]]:
     client.send_goodbye("bye")
     expected: list[object] = [Hello(1, "n", "")]
     expected += [Message(i + 1, f"message {i}") for i in range(5)]
-    expected += [Message(6, b"\x00" * 300), Goodbye("bye")]
+    expected += [Message(6, b"\x00" * 300), Ping(struct.pack(">Q", 7)), Goodbye("bye")]
     return client.data_to_send(), expected
 
 
@@ -196,7 +200,10 @@ def test_any_split_gives_the_same_events(cuts: list[int]) -> None:
 
 def test_bad_preamble() -> None:
     server = Connection(Role.SERVER)
-    assert violation(server.receive_data(b"\x89NOPE\r\n\x1a\n")).code == ErrorCode.BAD_PREAMBLE
+    found = violation(server.receive_data(b"\x89NOPE\r\n\x1a\n"))
+    assert found.code == ErrorCode.BAD_PREAMBLE
+    assert server.data_to_send() == PREAMBLE  # the ERROR is the caller's to send, last
+    server.send_error(ErrorCode(found.code), found.reason)
     assert error_frame(server)[0] == ErrorCode.BAD_PREAMBLE
 
 
@@ -217,6 +224,7 @@ def test_second_handshake() -> None:
     found = violation(server.receive_data(hello))
     assert found.code == ErrorCode.UNEXPECTED_FRAME
     assert "second handshake" in found.reason
+    server.send_error(ErrorCode(found.code), found.reason)
     assert error_frame(server) == (ErrorCode.UNEXPECTED_FRAME, found.reason)
 
 

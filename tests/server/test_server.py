@@ -16,7 +16,7 @@ from telex.core.events import AckStatus, ErrorCode, Message, PeerError
 from telex.core.frames import FrameType
 from telex.server import Peer, Reject, Server
 
-from .conftest import HELLO, TIMEOUT, parse_from_server, read_until_closed
+from ..conftest import HELLO, TIMEOUT, parse_from_server, read_until_closed
 
 
 async def test_send_returns_the_servers_ack(server: Server) -> None:
@@ -330,7 +330,7 @@ async def test_server_survives_random_garbage_from_many_peers(server: Server) ->
 
 
 def test_frame_types_are_documented() -> None:
-    doc = (Path(__file__).parent.parent / "docs" / "protocol.md").read_text()
+    doc = (Path(__file__).parents[2] / "docs" / "protocol.md").read_text()
     for frame_type in FrameType:
         assert f"`{frame_type.name}`" in doc
         assert f"0x{frame_type.value:02x}" in doc

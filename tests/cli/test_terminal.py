@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import TIMEOUT
+from ..conftest import TIMEOUT
 from .test_cli import closed_port, need, temp_db
 
 

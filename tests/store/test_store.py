@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from telex.store import MIGRATIONS, SCHEMA_VERSION, Store, StoreError, pack, unpack
+from telex.store import MIGRATIONS, SCHEMA_VERSION, SQLiteStore, StoreError, pack, unpack
 
 _seq = iter(range(1, 1_000_000))
 
@@ -27,24 +27,24 @@ def row(session: str | None, sender_id: int | None, body: object, **kw: object) 
 
 
 def test_a_new_store_has_the_current_schema_in_wal_mode(tmp_path: Path) -> None:
-    store = Store(tmp_path / "t.db")
+    store = SQLiteStore(tmp_path / "t.db")
     assert store.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     assert store.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     store.close()
-    Store(tmp_path / "t.db").close()  # opening again migrates nothing
+    SQLiteStore(tmp_path / "t.db").close()  # opening again migrates nothing
 
 
 def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
-    Store(tmp_path / "t.db").close()
+    SQLiteStore(tmp_path / "t.db").close()
     db = sqlite3.connect(tmp_path / "t.db")
     db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
     db.close()
     with pytest.raises(StoreError, match="schema version"):
-        Store(tmp_path / "t.db")
+        SQLiteStore(tmp_path / "t.db")
 
 
 def test_rows_round_trip_with_text_and_bytes(tmp_path: Path) -> None:
-    store = Store(tmp_path / "t.db", sync="full")
+    store = SQLiteStore(tmp_path / "t.db", sync="full")
     store.write([row("s1", 1, "héllo"), row("s1", 2, b"\x00\xff", reply=b"\x01")])
     records = list(store.records())
     assert [(r.body, r.reply) for r in records] == [("héllo", "received"), (b"\x00\xff", b"\x01")]
@@ -54,7 +54,7 @@ def test_rows_round_trip_with_text_and_bytes(tmp_path: Path) -> None:
 
 
 def test_a_message_is_stored_once_per_sender_id(tmp_path: Path) -> None:
-    store = Store(tmp_path / "t.db")
+    store = SQLiteStore(tmp_path / "t.db")
     store.write([row("s1", 1, "a")])
     with pytest.raises(StoreError):
         store.write([row("s1", 2, "b"), row("s1", 1, "a again")])
@@ -62,7 +62,7 @@ def test_a_message_is_stored_once_per_sender_id(tmp_path: Path) -> None:
 
 
 def test_the_outbox_in_order_until_delivered(tmp_path: Path) -> None:
-    store = Store(tmp_path / "t.db")
+    store = SQLiteStore(tmp_path / "t.db")
     assert store.next_seq() == 1
     store.write(
         [
@@ -78,7 +78,7 @@ def test_the_outbox_in_order_until_delivered(tmp_path: Path) -> None:
 
 
 def test_records_filter(tmp_path: Path) -> None:
-    store = Store(tmp_path / "t.db")
+    store = SQLiteStore(tmp_path / "t.db")
     store.write(
         [
             row("a", 1, "1", sender="alice", received=10.0),
@@ -97,7 +97,7 @@ def test_records_filter(tmp_path: Path) -> None:
 
 
 def test_a_full_store_raises_and_keeps_what_it_had(tmp_path: Path) -> None:
-    store = Store(tmp_path / "t.db")
+    store = SQLiteStore(tmp_path / "t.db")
     store.write([row("s", 1, "fits")])
     pages = store.db.execute("PRAGMA page_count").fetchone()[0]
     store.db.execute(f"PRAGMA max_page_count = {pages}")  # as a full disk does
@@ -107,15 +107,15 @@ def test_a_full_store_raises_and_keeps_what_it_had(tmp_path: Path) -> None:
 
 
 def test_a_read_only_store_raises(tmp_path: Path) -> None:
-    Store(tmp_path / "t.db").close()
-    store = Store(tmp_path / "t.db")
+    SQLiteStore(tmp_path / "t.db").close()
+    store = SQLiteStore(tmp_path / "t.db")
     store.db.execute("PRAGMA query_only = ON")  # as a file system remounted read-only
     with pytest.raises(StoreError, match="readonly"):
         store.write([row("s", 1, "x")])
 
 
 def test_segments_pack_a_batch_in_one_row(tmp_path: Path) -> None:
-    store = Store(tmp_path / "t.db")
+    store = SQLiteStore(tmp_path / "t.db")
     items = [(1, "one", "received"), (2, b"\x00two", "received"), (4, "four", b"\x01")]
     store.write(segments=[(10, "s1", "alice", 50.0, items)])
     assert store.db.execute("SELECT COUNT(*) FROM segments").fetchone()[0] == 1
@@ -132,7 +132,7 @@ def test_segments_pack_a_batch_in_one_row(tmp_path: Path) -> None:
 
 
 def test_records_merge_both_tables_in_seq_order(tmp_path: Path) -> None:
-    store = Store(tmp_path / "t.db")
+    store = SQLiteStore(tmp_path / "t.db")
     store.write(
         rows=[row("s1", 3, "to bob", recipient="bob", seq=3, delivered=None)],
         segments=[
@@ -159,7 +159,7 @@ def test_a_version_1_store_is_migrated_and_keeps_its_messages(tmp_path: Path) ->
         "INSERT INTO messages VALUES (1, 's', 1, 'alice', NULL, 'old', 'received', 1.0, 1.0)"
     )
     db.close()
-    store = Store(path)
+    store = SQLiteStore(path)
     assert store.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     assert [r.body for r in store.records()] == ["old"]
     assert store.next_seq() == 2

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from telex.store import Record, Store
+from telex.store import Record, SQLiteStore
 
-from .conftest import TIMEOUT
-from .test_cli import closed_port, wait_listening
+from ..cli.test_cli import closed_port, wait_listening
+from ..conftest import TIMEOUT
 
 TELEX = [sys.executable, "-m", "telex"]
 SENDERS = 4
@@ -44,7 +44,7 @@ def stored_count(db: Path) -> int:
 
 
 def stored_records(db: Path) -> list[Record]:
-    reader = Store(db, readonly=True)
+    reader = SQLiteStore(db, readonly=True)
     try:
         assert reader.db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         return list(reader.records())

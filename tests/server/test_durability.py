@@ -11,15 +11,15 @@ import pytest
 import telex
 from telex.core.events import AckStatus, Message, Receipt
 from telex.server import Server
-from telex.store import Record, Store
+from telex.store import Record, SQLiteStore
 
-from .conftest import TIMEOUT, wait_until
-from .proxy import CuttingProxy, random_cuts
+from ..conftest import TIMEOUT, wait_until
+from ..proxy import CuttingProxy, random_cuts
 
 
 @pytest.fixture
 async def stored(tmp_path: Path) -> AsyncIterator[Server]:
-    store = Store(tmp_path / "telex.db")
+    store = SQLiteStore(tmp_path / "telex.db")
     async with Server(port=0, store=store) as running:
         yield running
     store.close()
@@ -27,7 +27,7 @@ async def stored(tmp_path: Path) -> AsyncIterator[Server]:
 
 def records(path: Path) -> list[Record]:
     """What another process reading the file sees (as telex log does)."""
-    reader = Store(path, readonly=True)
+    reader = SQLiteStore(path, readonly=True)
     try:
         return list(reader.records())
     finally:
@@ -48,12 +48,11 @@ async def test_a_message_is_in_the_file_when_its_ack_arrives(stored: Server) -> 
 
 
 async def test_one_commit_for_messages_that_arrive_together(stored: Server) -> None:
-    assert stored.journal is not None
     async with telex.connect("127.0.0.1", stored.port) as client:
-        before = stored.journal.commits
+        before = stored.broker.stats.commits
         acks = await client.send_many(str(i) for i in range(5000))
         assert len(acks) == 5000
-        assert stored.journal.commits - before < 500  # batches, not one per message
+        assert stored.broker.stats.commits - before < 500  # batches, not one per message
 
 
 async def test_100_cuts_lose_nothing_and_double_nothing(stored: Server) -> None:
@@ -75,7 +74,7 @@ async def test_100_cuts_lose_nothing_and_double_nothing(stored: Server) -> None:
     stored_rows = [(r.sender_id, r.body) for r in records(stored.store.path)]
     assert stored_rows == [(i + 1, f"m{i}") for i in range(len(acks))]  # each once, in order
     assert proxy.cuts >= 100
-    assert stored.counts["resent"] > 0  # acks were lost in cuts, and their messages resent
+    assert stored.stats()["resent"] > 0  # acks were lost in cuts, and their messages resent
 
 
 async def test_offline_outbox_in_order_then_receipts(stored: Server) -> None:
@@ -115,13 +114,13 @@ async def test_a_redelivered_message_is_recognised(stored: Server) -> None:
     await client.connect()
     ack = await stored.send("bob", "exactly once, please")
     assert ack.reason == "stored for bob, who left before acknowledging"
-    await wait_until(lambda: stored.counts["delivered"] == 1)  # sent again, and answered
+    await wait_until(lambda: stored.stats()["delivered"] == 1)  # sent again, and answered
     await client.close()
     assert [m.body for m in calls] == ["exactly once, please"]
 
 
 async def test_a_store_that_cannot_write_acknowledges_nothing(tmp_path: Path) -> None:
-    store = Store(tmp_path / "telex.db")
+    store = SQLiteStore(tmp_path / "telex.db")
     async with (
         Server(port=0, store=store) as server,
         telex.connect("127.0.0.1", server.port, reconnect=False) as client,
@@ -146,7 +145,7 @@ async def test_a_store_that_cannot_write_acknowledges_nothing(tmp_path: Path) ->
 
 
 async def test_sync_full_is_set(tmp_path: Path) -> None:
-    store = Store(tmp_path / "telex.db", sync="full")
+    store = SQLiteStore(tmp_path / "telex.db", sync="full")
     assert store.db.execute("PRAGMA synchronous").fetchone()[0] == 2
     store.close()
 

@@ -28,9 +28,9 @@ from telex.security import (
 )
 from telex.server import Server
 
-from .conftest import TIMEOUT
-from .test_cli import TELEX, closed_port, need, one_clear_line
-from .test_cli import telex as run_telex
+from ..cli.test_cli import TELEX, closed_port, need, one_clear_line
+from ..cli.test_cli import telex as run_telex
+from ..conftest import TIMEOUT
 
 TOKEN = "correct horse battery staple"
 

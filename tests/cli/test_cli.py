@@ -18,7 +18,7 @@ from typing import IO
 
 import pytest
 
-from .conftest import TIMEOUT
+from ..conftest import TIMEOUT
 
 TELEX = [sys.executable, "-m", "telex"]
 

@@ -11,9 +11,9 @@ import pytest
 import telex
 from telex.core.events import AckStatus, Message
 from telex.server import PeerEvent, Server
-from telex.store import Store
+from telex.store import SQLiteStore
 
-from .conftest import TIMEOUT
+from ..conftest import TIMEOUT
 
 
 async def test_the_server_sends_and_the_client_acknowledges(server: Server) -> None:
@@ -195,7 +195,7 @@ async def test_server_send_many_pipelines_in_order(server: Server) -> None:
 
 
 async def test_server_send_many_with_a_store(tmp_path: Path) -> None:
-    store = Store(tmp_path / "t.db")
+    store = SQLiteStore(tmp_path / "t.db")
     async with Server(port=0, store=store) as server:
         got: list[str] = []
         async with telex.connect(

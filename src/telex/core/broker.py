@@ -1,0 +1,1119 @@
+"""The server's promises as a plain object: bytes and events in, actions out.
+
+The broker owns what a telex server promises: names, routing, outboxes, receipts,
+dedup of resent messages, and the order of answers. Each connection is a ``Link``
+with one ordered queue of answers; an answer that has to wait (for a commit, an async
+handler, a recipient's ack) holds a slot in that queue, and the answers behind it wait
+for it. So every message gets exactly one answer, in the order it arrived, whatever
+fills the slots and in whatever order they are filled; an ERROR or GOODBYE goes last.
+
+Nothing here touches a socket, a thread, a clock or a file. The server calls the
+broker (``receive_data``, ``committed``, ``handled`` ...) and then carries out its
+``actions``: write a link's bytes, close it, commit a batch to the store, look
+something up, run an async handler, report a notice.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Protocol, cast
+
+from . import frames
+from .events import (
+    Ack,
+    AckStatus,
+    Auth,
+    Body,
+    ErrorCode,
+    Event,
+    Goodbye,
+    Hello,
+    Message,
+    MessageTooLarge,
+    PeerError,
+    Ping,
+    ProtocolViolation,
+)
+from .handlers import Reject, rejection_for
+from .protocol import Connection, Role, looks_framed
+from .records import Batch, Committed, Envelope, Found, Inbound, Item, Pending, SessionState
+from .textmode import TextConnection
+
+__all__ = [
+    "Broker",
+    "Close",
+    "Commit",
+    "Find",
+    "Flush",
+    "Gate",
+    "Handler",
+    "Link",
+    "Load",
+    "Notice",
+    "Peer",
+    "PeerEvent",
+    "Reply",
+    "RunHandler",
+    "Slot",
+    "Stats",
+]
+
+Reply = Body | None
+Handler = Callable[[Message, "Peer"], Reply] | Callable[[Message, "Peer"], Awaitable[Reply]]
+OnAnswer = Callable[[Ack], None]
+
+HELD_HIGH = 10_000
+"""Events or handler jobs waiting on one link before the server stops reading from it."""
+HELD_LOW = 1_000
+
+
+@dataclass(slots=True)
+class Peer:
+    """Who sent a message: handed to the handler beside it."""
+
+    address: str
+    mode: str = "unknown"  # "framed" or "text" once the first bytes have arrived
+    name: str | None = None
+    connected_at: float = 0.0
+    session: str | None = None  # a framed client's session, the same across its reconnects
+
+
+@dataclass(frozen=True, slots=True)
+class PeerEvent:
+    """Something that happened to a connection, for a console or a log.
+
+    ``kind``: ``joined``, ``left``, ``violation``, ``peer_error``, ``refused``,
+    ``handler_failed`` (``error`` holds the exception), ``too_large``.
+    """
+
+    kind: str
+    peer: Peer
+    detail: str = ""
+    error: BaseException | None = None
+
+
+@dataclass(slots=True)
+class Stats:
+    """What the server counts, typed: one place for every counter."""
+
+    connections: int = 0
+    accepted: int = 0
+    rejected: int = 0
+    delivered: int = 0
+    receipts: int = 0
+    resent: int = 0
+    auth_failures: int = 0
+    violations: int = 0
+    refused_connections: int = 0
+    commits: int = 0
+    commit_failures: int = 0
+
+
+class Gate(Protocol):
+    """How the broker checks a login (implemented in ``telex.security``)."""
+
+    required: bool
+
+    def challenge(self, name: str | None) -> tuple[bytes, bytes, bytes]:
+        """(key, challenge, salt) for a client naming itself ``name``."""
+        ...
+
+    def verify(self, key: bytes, challenge: bytes, answer: bytes) -> bool: ...
+
+    def text_login(self, line: str) -> tuple[bool, str | None]:
+        """A text peer's first line: (right, the user's name if it gave one)."""
+        ...
+
+
+class Slot:
+    """A place in a link's answer queue; ``fill`` writes the answer once it is known."""
+
+    __slots__ = ("fill",)
+
+    def __init__(self, fill: Callable[[Any], None] | None = None) -> None:
+        self.fill = fill
+
+
+class Link:
+    """The broker's view of one connection."""
+
+    __slots__ = (
+        "answers",
+        "challenge",
+        "deliveries",
+        "dirty",
+        "ending",
+        "final",
+        "held",
+        "hello",
+        "host",
+        "io",
+        "jobs",
+        "key",
+        "known",
+        "max_stored",
+        "open",
+        "outgoing",
+        "outgoing_answerable",
+        "paused",
+        "peer",
+        "peer_done",
+        "proto",
+        "text_login",
+    )
+
+    def __init__(self, peer: Peer, host: str, io: Any = None) -> None:
+        self.peer = peer
+        self.host = host
+        self.io = io  # the adapter's object for this connection
+        self.proto: Connection | TextConnection | None = None
+        self.open = False  # welcomed (framed) or first byte seen (text)
+        self.answers: deque[Slot] = deque()  # answers waiting for an earlier one
+        self.held: list[Event] | None = None  # events waiting for a store lookup
+        self.known: dict[int, Found | None] = {}  # resent ids looked up: stored or not
+        self.max_stored = 0  # this session's highest stored id: lower ones may be resends
+        self.outgoing: dict[int, OnAnswer] = {}  # sent to this client, not yet answered
+        self.outgoing_answerable = True  # False once its input ended: no acks can come
+        self.deliveries: list[tuple[Body, str | None, OnAnswer, int | None]] | None = []
+        self.jobs = 0  # async handler calls not yet answered
+        self.peer_done = False  # GOODBYE or end of input: no new messages from the peer
+        self.ending = ""  # we said (or will say) GOODBYE with this reason
+        self.final: tuple[ErrorCode, str] | None = None  # an ERROR to send after the answers
+        self.dirty = False
+        self.paused = False
+        self.text_login = False
+        self.hello: Hello | None = None
+        self.key = b""
+        self.challenge = b""
+
+    def describe(self) -> str:
+        name = self.peer.name
+        return f"{self.peer.address} ({name})" if name else self.peer.address
+
+
+# -- actions ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Flush:
+    """Write what the link's core has queued."""
+
+    link: Link
+
+
+@dataclass(frozen=True, slots=True)
+class Close:
+    """Write what is queued, then close the connection."""
+
+    link: Link
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Commit:
+    """There is a batch to store: call ``take_batch()`` at the end of the loop turn."""
+
+
+@dataclass(frozen=True, slots=True)
+class Load:
+    """Read what the store has for an arriving client; answer with ``loaded()``."""
+
+    link: Link
+    session: str | None
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class Find:
+    """Look up resent ids of a session; answer with ``found()``."""
+
+    link: Link
+    session: str
+    ids: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class RunHandler:
+    """Run the async handler on a message; answer with ``handled()`` or ``handler_failed()``."""
+
+    link: Link
+    slot: Slot
+    message: Message
+
+
+@dataclass(frozen=True, slots=True)
+class Pause:
+    """Stop reading from the link (``reading`` False) or read again (True)."""
+
+    link: Link
+    reading: bool
+
+
+@dataclass(frozen=True, slots=True)
+class RefuseLogin:
+    """A failed login: the server answers ``fail(link, AUTH_FAILED, ...)`` after its penalty."""
+
+    link: Link
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Notice:
+    event: PeerEvent
+
+
+Action = Flush | Close | Commit | Load | Find | RunHandler | Pause | RefuseLogin | Notice
+
+_SYNC_TAG = object()
+
+
+@dataclass(slots=True)
+class _Thens:
+    """What to do once the open batch commits: one entry per Inbound and per Envelope."""
+
+    inbound: list[tuple[Link, Slot, list[Item]]] = field(default_factory=list)
+    envelopes: list[Callable[[int | None, str], None]] = field(default_factory=list)
+
+
+class Broker:
+    """Every promise of a telex server, without I/O."""
+
+    def __init__(
+        self,
+        handler: Handler,
+        *,
+        handler_is_async: bool = False,
+        stored: bool = False,
+        gate: Gate | None = None,
+        max_message_size: int = 1024 * 1024,
+        advertised: dict[str, Any] | None = None,
+        agent: str = "",
+    ) -> None:
+        self.handler = handler
+        self.handler_is_async = handler_is_async
+        self.stored = stored
+        self.gate = gate
+        self.max_message_size = max_message_size
+        self.advertised = advertised or {}
+        self.agent = agent
+        self.links: set[Link] = set()
+        self.clients: dict[str, Link] = {}  # framed clients, by name
+        self.sessions: dict[str, Link] = {}  # framed clients, by session
+        self.stats = Stats()
+        self.actions: list[Action] = []
+        self.closing = False
+        self._guests = 0
+        self._batch = Batch()
+        self._thens = _Thens()
+        self._committing: _Thens | None = None
+        self._commit_wanted = False
+
+    # -- connections --------------------------------------------------------------
+
+    def connect(self, link: Link) -> None:
+        """A connection was accepted (the server checked its limits)."""
+        self.links.add(link)
+        self.stats.connections += 1
+
+    def receive_data(self, link: Link, data: bytes) -> None:
+        """Bytes from a connection: parse them, answer what they complete."""
+        proto = link.proto
+        if proto is None:
+            proto = self._choose_mode(link, data)
+            if proto is None:
+                return
+        events = proto.receive_data(data)
+        if events:
+            self.handle(link, events)
+
+    def text_pause(self, link: Link) -> None:
+        """A text peer paused mid-line: the line so far is a message."""
+        if type(link.proto) is TextConnection:
+            self.handle(link, link.proto.flush())
+
+    def receive_eof(self, link: Link) -> None:
+        """The peer will send nothing more: answer what it sent, then close."""
+        if link.proto is not None:
+            events = link.proto.receive_eof()
+            if events:
+                self.handle(link, events)
+        link.peer_done = True
+        link.outgoing_answerable = False
+        if not link.open:
+            self._close(link, "closed before its handshake")
+        else:
+            self._settle(link)
+
+    def connection_lost(self, link: Link) -> None:
+        """The connection is gone: forget it; what it was sent and never answered is
+        not delivered (a stored message stays in the outbox)."""
+        if link not in self.links:
+            return
+        self.links.discard(link)
+        name = link.peer.name
+        if name is not None and self.clients.get(name) is link:
+            del self.clients[name]
+        session = link.peer.session
+        if session is not None and self.sessions.get(session) is link:
+            del self.sessions[session]
+        outgoing, link.outgoing = link.outgoing, {}
+        reason = f"{name} disconnected before acknowledging"
+        for msg_id, on_answer in outgoing.items():
+            on_answer(Ack(msg_id, AckStatus.NOT_DELIVERED, reason))
+        for _, _, on_answer, _ in link.deliveries or ():
+            on_answer(Ack(0, AckStatus.NOT_DELIVERED, reason))
+        link.deliveries = None
+        link.answers.clear()
+        link.held = None
+        if link.open:
+            self._notice("left", link)
+
+    def fail(self, link: Link, code: ErrorCode, reason: str) -> None:
+        """End a connection with an ERROR (a timeout, a refused login), after its answers."""
+        if link.final is None:
+            link.final = (code, reason)
+        link.held = None
+        if link.proto is None:  # it never wrote: answer as to a text peer
+            link.proto = TextConnection(max_message_size=self.max_message_size)
+        self._settle(link)
+
+    def shutdown(self) -> None:
+        """The server is stopping: answer what arrived, say goodbye, close."""
+        self.closing = True
+        for link in list(self.links):
+            if not link.open:
+                self._close(link, "server shutting down")
+            else:
+                link.ending = link.ending or "server shutting down"
+                self._settle(link)
+
+    # -- the events of one read ---------------------------------------------------
+
+    def handle(self, link: Link, events: list[Event]) -> None:
+        """Answer every event of one read, in order."""
+        if link.held is not None:
+            link.held.extend(events)
+            self._pause_if_full(link, len(link.held))
+            return
+        if link.text_login:
+            events = self._text_login(link, events)
+        proto = link.proto
+        assert proto is not None
+        if self.handler_is_async:
+            self._handle_async(link, events)
+        elif self.stored:
+            self._handle_stored(link, events)
+        else:
+            # The hot path: a sync handler, no store. While no earlier answer waits,
+            # each message is answered as it is handled.
+            handler = cast(Callable[[Message, Peer], Reply], self.handler)
+            peer = link.peer
+            answers = link.answers
+            send_ack = proto.send_ack
+            accepted = 0
+            for event in events:
+                if type(event) is Message and event.to is None:
+                    try:
+                        reply = handler(event, peer)
+                    except Exception as exc:
+                        self._handler_failed(link, event, exc)
+                        continue
+                    if answers:
+                        self._answer(link, _ack_with(event.id, reply))
+                    else:
+                        send_ack(event.id, b"" if reply is None else reply)
+                    accepted += 1
+                elif not self._other(link, event, events):
+                    break
+            self.stats.accepted += accepted
+        self._touch(link)
+
+    def _handle_stored(self, link: Link, events: list[Event]) -> None:
+        """With a store: the messages of one read are stored together (one Inbound) and
+        each is acknowledged once they are."""
+        handler = cast(Callable[[Message, Peer], Reply], self.handler)
+        peer = link.peer
+        items: list[Item] = []
+        append = items.append
+        for event in events:
+            if type(event) is Message:
+                if event.id <= link.max_stored and link.peer.session is not None:
+                    items = self._stage(link, items)
+                    append = items.append
+                    if not self._fresh(link, event, events):
+                        if link.held is not None:
+                            return
+                        continue
+                if event.to is None:
+                    try:
+                        reply = handler(event, peer)
+                    except Exception as exc:
+                        items = self._stage(link, items)
+                        append = items.append
+                        self._handler_failed(link, event, exc)
+                        continue
+                    append((event.id, event.body, b"" if reply is None else reply))
+                    continue
+            if type(event) is not Ping:  # what came before is answered before it
+                items = self._stage(link, items)
+                append = items.append
+            if not self._other(link, event, events):
+                break
+        self._stage(link, items)
+
+    def _handle_async(self, link: Link, events: list[Event]) -> None:
+        for event in events:
+            if type(event) is Message:
+                if (
+                    self.stored
+                    and event.id <= link.max_stored
+                    and link.peer.session is not None
+                    and not self._fresh(link, event, events)
+                ):
+                    if link.held is not None:
+                        return
+                    continue
+                if event.to is None:
+                    slot = Slot()
+                    link.answers.append(slot)
+                    link.jobs += 1
+                    self.actions.append(RunHandler(link, slot, event))
+                    self._pause_if_full(link, link.jobs)
+                    continue
+            if not self._other(link, event, events):
+                break
+
+    def _other(self, link: Link, event: Event, events: list[Event]) -> bool:
+        """Every event but a message for the server's handler; False: stop reading."""
+        kind = type(event)
+        if kind is Message:
+            self._route(link, cast(Message, event))
+        elif kind is Ack:
+            ack = cast(Ack, event)
+            on_answer = link.outgoing.pop(ack.id, None)
+            if on_answer is not None:
+                on_answer(ack)
+            if link.ending and not link.outgoing:
+                self._settle(link)
+        elif kind is Ping:
+            proto = link.proto
+            assert isinstance(proto, Connection)
+            proto.send_pong(cast(Ping, event).payload)
+        elif kind is MessageTooLarge:
+            too_large = cast(MessageTooLarge, event)
+            self._notice("too_large", link, f"message {too_large.id}: {too_large.reason}")
+            self._reject(link, too_large.id, AckStatus.TOO_LARGE, too_large.reason)
+        elif kind is Hello:
+            return self._hello(link, cast(Hello, event), _after(events, event))
+        elif kind is Auth:
+            return self._check_answer(link, cast(Auth, event), _after(events, event))
+        elif kind is Goodbye:
+            link.peer_done = True
+            link.ending = link.ending or "goodbye"
+            self._settle(link)
+        elif kind is ProtocolViolation:
+            violation = cast(ProtocolViolation, event)
+            self.stats.violations += 1
+            self._notice("violation", link, violation.reason)
+            self.fail(link, ErrorCode(violation.code), violation.reason)
+            return False
+        elif kind is PeerError:
+            error = cast(PeerError, event)
+            self._notice("peer_error", link, f"{error.code}: {error.reason}")
+            link.answers.clear()
+            self._close(link, error.reason)
+            return False
+        return True
+
+    # -- answers, in order ----------------------------------------------------------
+
+    def _answer(self, link: Link, fill: Callable[[Any], None]) -> None:
+        """An answer known now: written at once, or behind the answers still waiting."""
+        if link.answers:
+            link.answers.append(Slot(fill))
+        elif link.proto is not None:
+            fill(link.proto)
+            self._touch(link)
+
+    def _fill(self, link: Link, slot: Slot, fill: Callable[[Any], None]) -> None:
+        """A waiting answer is known: write it, and every ready one behind it."""
+        slot.fill = fill
+        answers = link.answers
+        if not answers or answers[0] is not slot:
+            return
+        proto = link.proto
+        while answers and answers[0].fill is not None:
+            ready = answers.popleft().fill
+            if proto is not None and ready is not None:
+                ready(proto)
+        self._touch(link)
+        if not answers:
+            self._settle(link)
+
+    def _reject(self, link: Link, msg_id: int, status: int, reason: str) -> None:
+        self.stats.rejected += 1
+        self._answer(link, lambda proto: proto.send_rejection(msg_id, status, reason))
+
+    def _handler_failed(self, link: Link, event: Message, exc: Exception) -> None:
+        if not isinstance(exc, Reject):
+            self._notice("handler_failed", link, f"message {event.id}", exc)
+        self._reject(link, event.id, *rejection_for(exc))
+
+    def _settle(self, link: Link) -> None:
+        """Once every answer is out: the ERROR, or GOODBYE and the close, that waited."""
+        if link.answers or link.held is not None or link.proto is None:
+            return
+        if link.final is not None:
+            code, reason = link.final
+            link.proto.send_error(code, reason)
+            self._close(link, reason)
+            return
+        if link.jobs:
+            return
+        if link.ending or link.peer_done:
+            text = type(link.proto) is TextConnection
+            if link.ending and not (text and not self.closing):
+                link.proto.send_goodbye(link.ending)
+                link.deliveries = None  # after our GOODBYE, nothing new goes to it
+            answerable = link.outgoing and link.outgoing_answerable
+            if text or (link.peer_done and not answerable) or not link.open:
+                self._close(link, link.ending or "end of input")
+            else:
+                self._touch(link)
+
+    # -- messages for the server: stored, then acknowledged -------------------------
+
+    def _stage(self, link: Link, items: list[Item]) -> list[Item]:
+        """Hand the messages so far to the next commit; a fresh list for what follows."""
+        if items:
+            slot = Slot()
+            link.answers.append(slot)
+            self._batch.inbound.append(Inbound(link.peer.session, self._sender(link), items))
+            self._thens.inbound.append((link, slot, items))
+            self._want_commit()
+            return []
+        return items
+
+    def _stage_one(self, link: Link, slot: Slot, item: Item) -> None:
+        """An async handler's message, stored before its answer fills ``slot``."""
+        self._batch.inbound.append(Inbound(link.peer.session, self._sender(link), [item]))
+        self._thens.inbound.append((link, slot, [item]))
+        self._want_commit()
+
+    def _fresh(self, link: Link, event: Message, events: list[Event]) -> bool:
+        """A message at or below the session's highest stored id: True if it is new.
+
+        One already stored is acknowledged again (not stored or handled twice); for one
+        not yet looked up, the rest of the read waits for the store's answer.
+        """
+        session = link.peer.session
+        assert session is not None
+        if event.id not in link.known:
+            rest = events[events.index(event) :]
+            link.held = rest
+            ids = tuple(e.id for e in rest if type(e) is Message and e.id <= link.max_stored)
+            self.actions.append(Find(link, session, ids))
+            return False
+        found = link.known.pop(event.id)
+        if found is None:
+            return True
+        self.stats.resent += 1
+        reply, msg_id = found.reply, event.id
+        if found.recipient is None:
+            self._answer(link, _ack_with(msg_id, reply))
+        else:
+            note = f"stored for {found.recipient}"
+            self._answer(link, _stored_ack(msg_id, note, frames.FLAG_STORED))
+        return False
+
+    def found(self, link: Link, found: dict[int, Found], ids: Iterable[int]) -> None:
+        """The store's answer to ``Find``: go on with the events that waited for it."""
+        for msg_id in ids:
+            link.known[msg_id] = found.get(msg_id)
+        self._release(link)
+
+    def _release(self, link: Link) -> None:
+        held, link.held = link.held, None
+        if link not in self.links or link.final is not None:
+            return
+        if held:
+            self.handle(link, held)
+        if link.held is None:
+            self._resume_if_drained(link)
+            self._settle(link)
+
+    def want_commit(self) -> bool:
+        return bool(self._batch)
+
+    def _want_commit(self) -> None:
+        if not self._commit_wanted:
+            self._commit_wanted = True
+            self.actions.append(Commit())
+
+    def take_batch(self) -> Batch | None:
+        """The batch to commit now (None while one is being committed, or if empty)."""
+        self._commit_wanted = False
+        if self._committing is not None or not self._batch:
+            return None
+        batch, self._batch = self._batch, Batch()
+        self._committing, self._thens = self._thens, _Thens()
+        return batch
+
+    def committed(self, result: Committed) -> None:
+        """The batch is stored: acknowledge each message in it, in each link's order."""
+        thens = self._committing
+        assert thens is not None
+        self._committing = None
+        self.stats.commits += 1
+        for link, slot, items in thens.inbound:
+            if items[-1][0] > link.max_stored:
+                link.max_stored = items[-1][0]
+            self.stats.accepted += len(items)
+            self._fill(link, slot, _acks(items))
+        for then, seq in zip(thens.envelopes, result.envelopes, strict=True):
+            then(seq, "")
+        if self._batch:
+            self._want_commit()
+
+    def commit_failed(self, reason: str) -> None:
+        """The batch could not be stored: none of it is acknowledged; each is refused."""
+        thens = self._committing
+        assert thens is not None
+        self._committing = None
+        self.stats.commit_failures += 1
+        error = f"the server could not store it ({reason})"
+        for link, slot, items in thens.inbound:
+            self.stats.rejected += len(items)
+            self._fill(link, slot, _unavailable(items, error))
+        for then in thens.envelopes:
+            then(None, error)
+        if self._batch:
+            self._want_commit()
+
+    # -- async handlers -------------------------------------------------------------
+
+    def handled(self, link: Link, slot: Slot, message: Message, reply: Reply) -> None:
+        """The async handler answered ``message``: store it (with a store), then ack."""
+        link.jobs -= 1
+        if link not in self.links:
+            return
+        body = b"" if reply is None else reply
+        if self.stored:
+            self._stage_one(link, slot, (message.id, message.body, body))
+        else:
+            self.stats.accepted += 1
+            self._fill(link, slot, _ack_with(message.id, body))
+        self._resume_if_drained(link)
+
+    def handler_failed(self, link: Link, slot: Slot, message: Message, exc: Exception) -> None:
+        link.jobs -= 1
+        if link not in self.links:
+            return
+        if not isinstance(exc, Reject):
+            self._notice("handler_failed", link, f"message {message.id}", exc)
+        status, reason = rejection_for(exc)
+        self.stats.rejected += 1
+        self._fill(link, slot, lambda proto: proto.send_rejection(message.id, status, reason))
+        self._resume_if_drained(link)
+        self._settle(link)
+
+    def _pause_if_full(self, link: Link, waiting: int) -> None:
+        if waiting > HELD_HIGH and not link.paused:
+            link.paused = True
+            self.actions.append(Pause(link, False))
+
+    def _resume_if_drained(self, link: Link) -> None:
+        waiting = link.jobs + (len(link.held) if link.held else 0)
+        if link.paused and waiting < HELD_LOW:
+            link.paused = False
+            self.actions.append(Pause(link, True))
+
+    # -- routing: messages between clients -----------------------------------------
+
+    def _route(self, link: Link, event: Message) -> None:
+        """A message for another client. Without a store it is forwarded at once and the
+        recipient's own ack answers the sender (flagged delivered). With a store it is
+        stored first, the sender hears "stored" (flagged), and the recipient's ack
+        reaches the sender later as a RECEIPT."""
+        to = event.to
+        assert to is not None
+        msg_id = event.id
+        slot = Slot()
+        link.answers.append(slot)
+        if self.stored:
+            self._route_stored(link, slot, event, to)
+            return
+        target = self.clients.get(to)
+        if target is None or target.deliveries is None:
+            self.stats.rejected += 1
+            reason = f"no client named {to!r} is connected"
+            self._fill(link, slot, _rejection(msg_id, AckStatus.NOT_DELIVERED, reason))
+            return
+
+        def answered(ack: Ack) -> None:
+            if ack.status == AckStatus.NOT_DELIVERED:
+                self.stats.rejected += 1
+                flags = 0
+            else:
+                self.stats.delivered += 1
+                flags = frames.FLAG_DELIVERED
+            self._fill(link, slot, _answer_with(msg_id, ack, flags))
+
+        self.deliver(target, event.body, link.peer.name, answered)
+
+    def _route_stored(self, link: Link, slot: Slot, event: Message, to: str) -> None:
+        session, msg_id, sender = link.peer.session, event.id, link.peer.name
+        body = event.body
+
+        def stored(seq: int | None, error: str) -> None:
+            if seq is None:
+                self.stats.rejected += 1
+                self._fill(
+                    link,
+                    slot,
+                    lambda proto: proto.send_rejection(msg_id, AckStatus.UNAVAILABLE, error),
+                )
+                return
+            self.stats.accepted += 1
+            target = self.clients.get(to)
+            away = target is None or target.deliveries is None
+            note = f"stored for {to}, who is not connected" if away else f"stored for {to}"
+            flags = frames.FLAG_STORED | (frames.FLAG_AWAY if away else 0)
+            self._fill(link, slot, _stored_ack(msg_id, note, flags))
+            if target is not None:
+                on_answer = self._receipt_for(seq, session, msg_id)
+                self.deliver(target, body, sender, on_answer, seq)
+
+        self._batch.envelopes.append(Envelope(to, body, sender, session, msg_id))
+        self._thens.envelopes.append(stored)
+        self._want_commit()
+
+    def _receipt_for(self, seq: int, session: str | None, sender_id: int) -> OnAnswer:
+        """What to do when a stored message's recipient answers: mark it delivered, and
+        tell its sender (a RECEIPT under the sender's id), if the sender is here."""
+
+        def answered(ack: Ack) -> None:
+            if ack.status == AckStatus.NOT_DELIVERED:  # it left first: the outbox keeps it
+                return
+            self._batch.delivered.append(seq)
+            self._want_commit()
+            if ack.ok:
+                self.stats.delivered += 1
+            sender = None if session is None else self.sessions.get(session)
+            if sender is not None and isinstance(sender.proto, Connection) and sender_id:
+                self.stats.receipts += 1
+                status, reason, reply = ack.status, ack.reason, ack.reply
+                self._answer(
+                    sender, lambda proto: proto.send_receipt(sender_id, status, reason, reply)
+                )
+
+        return answered
+
+    def deliver(
+        self,
+        link: Link,
+        body: Body,
+        sender: str | None,
+        on_answer: OnAnswer,
+        msg_id: int | None = None,
+    ) -> None:
+        """Send a message to a framed client; ``on_answer`` gets its answer. Before the
+        client is welcomed it waits; after our GOODBYE it is not delivered."""
+        deliveries = link.deliveries
+        if deliveries is None:
+            on_answer(Ack(msg_id or 0, AckStatus.NOT_DELIVERED, f"{link.peer.name} is leaving"))
+            return
+        if not link.open:
+            deliveries.append((body, sender, on_answer, msg_id))
+            return
+        proto = link.proto
+        assert isinstance(proto, Connection)
+        if msg_id is not None and msg_id in link.outgoing:
+            return  # sent already (from the outbox and as it was stored)
+        sent_id = proto.send_message(body, name=sender, msg_id=msg_id)
+        link.outgoing[sent_id] = on_answer
+        self._touch(link)
+
+    def send(self, name: str, body: Body, on_answer: OnAnswer) -> None:
+        """The server sends ``body`` to client ``name``; ``on_answer`` gets the outcome:
+        the client's ack (flagged delivered), or with a store the ack of the store
+        (flagged stored) when the client is not connected."""
+        if not self.stored:
+            target = self.clients.get(name)
+            if target is None:
+                reason = f"no client named {name!r} is connected"
+                on_answer(Ack(0, AckStatus.NOT_DELIVERED, reason))
+            else:
+                self.deliver(target, body, None, _flagged(on_answer))
+            return
+
+        def stored(seq: int | None, error: str) -> None:
+            if seq is None:
+                on_answer(Ack(0, AckStatus.UNAVAILABLE, error))
+                return
+            target = self.clients.get(name)
+            if target is None:
+                note = f"stored for {name}, who is not connected"
+                on_answer(Ack(seq, AckStatus.OK, note, b"", frames.FLAG_STORED | frames.FLAG_AWAY))
+                return
+            receipt = self._receipt_for(seq, None, 0)
+
+            def answered(ack: Ack) -> None:
+                receipt(ack)
+                if ack.status == AckStatus.NOT_DELIVERED:  # it stays in the outbox
+                    note = f"stored for {name}, who left before acknowledging"
+                    flags = frames.FLAG_STORED | frames.FLAG_AWAY
+                    on_answer(Ack(seq, AckStatus.OK, note, b"", flags))
+                else:
+                    on_answer(ack._replace(flags=frames.FLAG_DELIVERED))
+
+            self.deliver(target, body, None, answered, seq)
+
+        self._batch.envelopes.append(Envelope(name, body))
+        self._thens.envelopes.append(stored)
+        self._want_commit()
+
+    # -- the handshake ----------------------------------------------------------------
+
+    def _choose_mode(self, link: Link, data: bytes) -> Connection | TextConnection | None:
+        proto: Connection | TextConnection
+        size = self.max_message_size
+        gate = self.gate
+        if looks_framed(data):
+            proto = Connection(
+                Role.SERVER, max_message_size=size, requires_auth=gate is not None and gate.required
+            )
+            link.peer.mode = "framed"
+        else:
+            proto = TextConnection(max_message_size=size)
+            link.peer.mode = "text"
+            link.open = True
+            link.deliveries = None  # text peers are not sent to
+            link.text_login = gate is not None and gate.required
+            self._notice("joined", link)
+        link.proto = proto
+        return proto
+
+    def refuse_text_login(self, link: Link) -> None:
+        """Over plain TCP a token would cross in the clear: a text peer must use TLS."""
+        link.proto = TextConnection(max_message_size=self.max_message_size)
+        link.peer.mode = "text"
+        self.fail(
+            link,
+            ErrorCode.AUTH_FAILED,
+            "this server needs a token: send 'AUTH <token>' as the first line, "
+            "over TLS (never in the clear)",
+        )
+
+    def _text_login(self, link: Link, events: list[Event]) -> list[Event]:
+        """A text peer's first line must be ``AUTH <token>`` (or ``AUTH <name> <token>``)."""
+        if not events:
+            return events
+        first = events[0]
+        assert self.gate is not None
+        ok, name = (False, None)
+        if type(first) is Message and type(first.body) is str:
+            ok, name = self.gate.text_login(first.body)
+        if not ok:
+            link.text_login = False
+            link.held = []  # read nothing more
+            self._refuse(link, "wrong token" if type(first) is Message else "no AUTH line")
+            return []
+        link.text_login = False
+        link.peer.name = name
+        msg_id = cast(Message, first).id
+        self._answer(link, lambda proto: proto.send_ack(msg_id, "authenticated"))
+        return events[1:]
+
+    def _refuse(self, link: Link, reason: str) -> None:
+        self.stats.auth_failures += 1
+        self._notice("refused", link, reason)
+        self.actions.append(RefuseLogin(link, reason))
+
+    def _hello(self, link: Link, hello: Hello, rest: list[Event]) -> bool:
+        link.peer.session = hello.session
+        proto = link.proto
+        assert isinstance(proto, Connection)
+        gate = self.gate
+        if gate is not None and gate.required:
+            link.hello = hello
+            link.key, link.challenge, salt = gate.challenge(hello.name)
+            proto.send_challenge(link.challenge, salt)
+            return True
+        return self._admit(link, hello, rest)
+
+    def _check_answer(self, link: Link, auth: Auth, rest: list[Event]) -> bool:
+        hello, link.hello = link.hello, None
+        assert self.gate is not None
+        if hello is None or not self.gate.verify(link.key, link.challenge, auth.answer):
+            link.held = []  # read nothing more while the refusal waits
+            self._refuse(link, "wrong token")
+            return False
+        return self._admit(link, hello, rest)
+
+    def _admit(self, link: Link, hello: Hello, rest: list[Event]) -> bool:
+        """Give the client its name; with a store, read its session and outbox first
+        (the rest of the read waits for that)."""
+        name = self._claim_name(link, hello.name)
+        if name is None:
+            self.fail(link, ErrorCode.NAME_TAKEN, f"the name {hello.name!r} is in use")
+            return False
+        link.peer.name = name
+        if self.stored:
+            link.held = list(rest)
+            self.actions.append(Load(link, hello.session, name))
+            return False
+        self._welcome(link, SessionState())
+        return True
+
+    def loaded(self, link: Link, state: SessionState) -> None:
+        """The store's answer to ``Load``: welcome the client, deliver its outbox."""
+        if link not in self.links or link.final is not None:
+            return
+        link.max_stored = state.last_id
+        self._welcome(link, state)
+        self._release(link)
+
+    def _welcome(self, link: Link, state: SessionState) -> None:
+        proto = link.proto
+        assert isinstance(proto, Connection)
+        name = link.peer.name
+        proto.send_welcome(
+            name=name, agent=self.agent, limits=self.advertised, stable_ids=self.stored
+        )
+        link.open = True
+        session = link.peer.session
+        if session is not None:
+            self.sessions[session] = link
+        self._notice("joined", link)
+        waiting, link.deliveries = link.deliveries or [], []
+        for pending in state.outbox:
+            on_answer = self._outbox_answer(pending)
+            self.deliver(link, pending.body, pending.sender, on_answer, pending.seq)
+        for body, sender, on_answer, msg_id in waiting:
+            self.deliver(link, body, sender, on_answer, msg_id)
+        self._touch(link)
+        if self.closing:
+            link.ending = "server shutting down"
+            self._settle(link)
+
+    def _outbox_answer(self, pending: Pending) -> OnAnswer:
+        return self._receipt_for(pending.seq, pending.session, pending.sender_id or 0)
+
+    def _claim_name(self, link: Link, wanted: str | None) -> str | None:
+        """Register a framed client's name (a guest name if it gave none); None if taken.
+
+        The same session asking again is the same client reconnecting before the server
+        noticed its old connection had gone: the new connection takes the name over,
+        and the old one is closed.
+        """
+        if wanted is None:
+            while True:
+                self._guests += 1
+                wanted = f"guest-{self._guests}"
+                if wanted not in self.clients:
+                    break
+        elif wanted == "server":
+            return None
+        elif (holder := self.clients.get(wanted)) is not None:
+            session = link.peer.session
+            if session is None or holder.peer.session != session:
+                return None
+            self.connection_lost(holder)
+            self._close(holder, "taken over by a new connection of its session")
+        self.clients[wanted] = link
+        return wanted
+
+    # -- helpers ----------------------------------------------------------------------
+
+    @staticmethod
+    def _sender(link: Link) -> str | None:
+        return link.peer.name or link.peer.address
+
+    def _touch(self, link: Link) -> None:
+        if not link.dirty:
+            link.dirty = True
+            self.actions.append(Flush(link))
+
+    def _close(self, link: Link, reason: str) -> None:
+        self.actions.append(Close(link, reason))
+
+    def _notice(
+        self, kind: str, link: Link, detail: str = "", error: BaseException | None = None
+    ) -> None:
+        self.actions.append(Notice(PeerEvent(kind, link.peer, detail, error)))
+
+    def take_actions(self) -> list[Action]:
+        actions, self.actions = self.actions, []
+        return actions
+
+    def who(self) -> list[Peer]:
+        """Everyone connected now, oldest first."""
+        peers = [link.peer for link in self.links if link.open]
+        return sorted(peers, key=lambda peer: peer.connected_at)
+
+
+def _ack_with(msg_id: int, reply: Reply) -> Callable[[Any], None]:
+    body = b"" if reply is None else reply
+    return lambda proto: proto.send_ack(msg_id, body)
+
+
+def _stored_ack(msg_id: int, note: str, flags: int) -> Callable[[Any], None]:
+    def fill(proto: Any) -> None:
+        if isinstance(proto, Connection):
+            proto.send_answer(msg_id, AckStatus.OK, note, b"", flags)
+        else:
+            proto.send_ack(msg_id, b"", note)
+
+    return fill
+
+
+def _answer_with(msg_id: int, ack: Ack, flags: int) -> Callable[[Any], None]:
+    def fill(proto: Any) -> None:
+        if isinstance(proto, Connection):
+            proto.send_answer(msg_id, ack.status, ack.reason, ack.reply, flags)
+        elif ack.ok:
+            proto.send_ack(msg_id, ack.reply)
+        else:
+            proto.send_rejection(msg_id, ack.status, ack.reason)
+
+    return fill
+
+
+def _rejection(msg_id: int, status: int, reason: str) -> Callable[[Any], None]:
+    return lambda proto: proto.send_rejection(msg_id, status, reason)
+
+
+def _acks(items: list[Item]) -> Callable[[Any], None]:
+    def fill(proto: Any) -> None:
+        send_ack = proto.send_ack
+        for msg_id, _, reply in items:
+            send_ack(msg_id, reply)
+
+    return fill
+
+
+def _unavailable(items: list[Item], reason: str) -> Callable[[Any], None]:
+    def fill(proto: Any) -> None:
+        for msg_id, _, _ in items:
+            proto.send_rejection(msg_id, AckStatus.UNAVAILABLE, reason)
+
+    return fill
+
+
+def _flagged(on_answer: OnAnswer) -> OnAnswer:
+    """The client's own answer to a message from the server: flagged delivered."""
+
+    def answered(ack: Ack) -> None:
+        if ack.status != AckStatus.NOT_DELIVERED:
+            ack = ack._replace(flags=frames.FLAG_DELIVERED)
+        on_answer(ack)
+
+    return answered
+
+
+def _after(events: list[Event], event: Event) -> list[Event]:
+    """The events of a read after ``event`` (a handshake event: rare, so found by search)."""
+    return events[events.index(event) + 1 :]
