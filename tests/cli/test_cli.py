@@ -126,8 +126,8 @@ def test_a_pipe_with_no_message_reads_stdin_and_json_output() -> None:
         result = telex("send", server.address, "--json", stdin="one\ntwo\n")
     assert result.returncode == 0, result.stderr
     assert records(result.stdout) == [
-        {"id": 1, "status": "ok", "reply": "received", "bytes": 3},
-        {"id": 2, "status": "ok", "reply": "received", "bytes": 3},
+        {"id": 1, "status": "ok", "outcome": "acknowledged", "reply": "received", "bytes": 3},
+        {"id": 2, "status": "ok", "outcome": "acknowledged", "reply": "received", "bytes": 3},
     ]
 
 
@@ -412,10 +412,11 @@ def test_send_to_a_listening_client_with_json() -> None:
             {
                 "id": 1,
                 "status": "ok",
+                "outcome": "stored",
                 "to": "bot",
                 "reply_base64": "",
                 "bytes": 11,
-                "note": "stored for bot",
+                "away": False,
             }
         ]
         assert bot.stdout is not None
@@ -434,7 +435,7 @@ def test_send_to_a_client_that_is_not_there() -> None:
     with serve("--quiet") as server:  # kept for when it connects
         result = telex("send", server.address, "--to", "nobody", "hello?")
     assert result.returncode == 0
-    assert result.stdout == "ack 1: stored for nobody, who is not connected (6 bytes)\n"
+    assert result.stdout == "stored 1 for nobody (not connected) (6 bytes)\n"
 
 
 def test_listen_exit_codes() -> None:
@@ -482,8 +483,9 @@ def test_chat_without_a_terminal_sends_stdin_lines() -> None:
         result = telex("chat", server.address, "--name", "alice", stdin="hi server\n@bob hi bob\n")
         assert result.returncode == 0, result.stderr
         assert "you #1: hi server" in result.stdout
-        assert "✓ server acknowledged #1: received" in result.stdout
-        assert "✓ bob acknowledged #2" in result.stdout
+        assert "✓ #1 server acknowledged: received" in result.stdout
+        assert "… #2 stored for bob" in result.stdout  # bob's own ack comes as a receipt
+        assert "acknowledged #2" not in result.stdout
         assert bob.stdout is not None
         assert json.loads(read_line(bob.stdout))["sender"] == "alice"
 
@@ -535,8 +537,8 @@ def test_send_waits_for_delivery_receipts() -> None:
         result = telex("send", server.address, "--to", "bob", "--wait-delivery", "hi", "there")
         assert result.returncode == 0, result.stderr
         assert result.stdout.splitlines() == [
-            "ack 1: stored for bob (2 bytes)",
-            "ack 2: stored for bob (5 bytes)",
+            "stored 1 for bob (2 bytes)",
+            "stored 2 for bob (5 bytes)",
             "delivered 1 to bob",
             "delivered 2 to bob",
         ]

@@ -77,11 +77,11 @@ def test_serve_and_chat_talk_both_ways(terminal: Terminal) -> None:
 
     terminal.type("chat", "hi server")
     terminal.wait_for("serve", "alice #1 hi server")
-    terminal.wait_for("chat", "✓ server acknowledged #1: received")
+    terminal.wait_for("chat", "✓ #1 server acknowledged: received")
 
     terminal.type("serve", "@alice the build is green")
     terminal.wait_for("chat", "[server] the build is green")
-    terminal.wait_for("serve", "✓ alice acknowledged #")  # numbered as stored
+    terminal.wait_for("serve", "delivered to alice")  # alice's own ack, numbered as stored
 
     terminal.type("serve", "everyone: lunch")
     terminal.wait_for("chat", "[server] everyone: lunch")
@@ -107,7 +107,8 @@ def test_chat_between_two_clients_and_reconnect(terminal: Terminal) -> None:
 
     terminal.type("alice", "@bob are you there?")
     terminal.wait_for("bob", "[alice] are you there?")
-    terminal.wait_for("alice", "✓ bob acknowledged #1")
+    terminal.wait_for("alice", "… #1 stored for bob")  # the server has it
+    terminal.wait_for("alice", "✓✓ #1 delivered to bob")  # bob has it: his receipt
 
     terminal.type("serve", "/quit")  # the server goes away; alice sees it and retries
     terminal.wait_for("alice", "reconnecting (attempt")
@@ -115,7 +116,7 @@ def test_chat_between_two_clients_and_reconnect(terminal: Terminal) -> None:
     terminal.wait_for("alice", "-- reconnected")
     terminal.type("alice", "back again")  # the session numbers on: this is alice's #2
     terminal.wait_for("serve2", "alice #2 back again")
-    terminal.wait_for("alice", "✓ server acknowledged #2: received")
+    terminal.wait_for("alice", "✓ #2 server acknowledged: received")
 
 
 def test_chat_over_tls_asks_on_first_contact_and_remembers(

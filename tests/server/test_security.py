@@ -326,7 +326,7 @@ def test_cli_refusals_have_their_own_exit_codes(
             "certificate refused",
         )
         one_clear_line(run_telex("send", address, "--tls", "x"), 5, "self-signed")
-        # plain TCP to the TLS port: the server drops it after its handshake time limit
+        # plain TCP to the TLS port: the TLS layer drops it at once, with a clear error
         one_clear_line(run_telex("send", address, "--connect-timeout", "5", "x"), 3, "TLS")
         insecure = run_telex("send", address, "--insecure", "--token-file", str(token_file), "y")
         assert insecure.returncode == 0 and "WARNING: --insecure" in insecure.stderr
@@ -334,7 +334,6 @@ def test_cli_refusals_have_their_own_exit_codes(
         server.terminate()
         _, err = server.communicate(timeout=TIMEOUT)
     assert "Traceback" not in err
-    assert "TLS handshake failed" in err  # the plain TCP client: one line in the log
 
 
 def test_send_chat_and_listen_over_tls_with_a_token(
@@ -368,7 +367,7 @@ def test_send_chat_and_listen_over_tls_with_a_token(
             env=env,
         )  # fmt: skip
         assert chat.returncode == 0, chat.stderr
-        assert "✓ server acknowledged #1: received" in chat.stdout
+        assert "✓ #1 server acknowledged: received" in chat.stdout
         assert "hi bob" in listener.stdout.readline()
         # a remembered fingerprint that changed: refused, loudly, exit 5
         known = tmp_path / "config" / "telex" / "known_hosts"

@@ -1,29 +1,43 @@
-"""The SQLite message log, on real files."""
+"""The SQLite message log, on real files, through the typed store interface."""
 
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from telex.core.records import (
+    Batch,
+    Committed,
+    Envelope,
+    Found,
+    Inbound,
+    Item,
+    Pending,
+    SessionState,
+)
 from telex.store import MIGRATIONS, SCHEMA_VERSION, SQLiteStore, StoreError, pack, unpack
 
-_seq = iter(range(1, 1_000_000))
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[SQLiteStore]:
+    opened = SQLiteStore(tmp_path / "t.db")
+    yield opened
+    opened.close()
 
 
-def row(session: str | None, sender_id: int | None, body: object, **kw: object) -> tuple:  # type: ignore[type-arg]
-    return (
-        kw.get("seq", next(_seq)),
-        session,
-        sender_id,
-        kw.get("sender", "alice"),
-        kw.get("recipient"),
-        body,
-        kw.get("reply", "received"),
-        kw.get("received", 100.0),
-        kw.get("delivered", 100.0),
-    )
+def inbound(session: str | None, sender: str | None, *items: Item) -> Batch:
+    """A batch of messages for the server from one connection."""
+    return Batch(inbound=[Inbound(session, sender, list(items))])
+
+
+def bodies(store: SQLiteStore, **filters: object) -> list[object]:
+    return [record.body for record in store.records(**filters)]  # type: ignore[arg-type]
+
+
+# -- the file ---------------------------------------------------------------------------
 
 
 def test_a_new_store_has_the_current_schema_in_wal_mode(tmp_path: Path) -> None:
@@ -43,113 +57,6 @@ def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
         SQLiteStore(tmp_path / "t.db")
 
 
-def test_rows_round_trip_with_text_and_bytes(tmp_path: Path) -> None:
-    store = SQLiteStore(tmp_path / "t.db", sync="full")
-    store.write([row("s1", 1, "héllo"), row("s1", 2, b"\x00\xff", reply=b"\x01")])
-    records = list(store.records())
-    assert [(r.body, r.reply) for r in records] == [("héllo", "received"), (b"\x00\xff", b"\x01")]
-    assert store.last_id("s1") == 2 and store.last_id("other") == 0
-    assert store.find("s1", 2) == (records[1].seq, b"\x01")
-    assert store.find("s1", 3) is None
-
-
-def test_a_message_is_stored_once_per_sender_id(tmp_path: Path) -> None:
-    store = SQLiteStore(tmp_path / "t.db")
-    store.write([row("s1", 1, "a")])
-    with pytest.raises(StoreError):
-        store.write([row("s1", 2, "b"), row("s1", 1, "a again")])
-    assert [r.body for r in store.records()] == ["a"]  # the failed batch left nothing
-
-
-def test_the_outbox_in_order_until_delivered(tmp_path: Path) -> None:
-    store = SQLiteStore(tmp_path / "t.db")
-    assert store.next_seq() == 1
-    store.write(
-        [
-            row("s1", 1, "one", recipient="bob", delivered=None, seq=1),
-            row("s2", 1, "other", recipient="carol", delivered=None, seq=2),
-            row("s1", 2, "two", recipient="bob", delivered=None, seq=3),
-        ]
-    )
-    assert store.next_seq() == 4
-    assert store.outbox("bob") == [(1, "s1", 1, "alice", "one"), (3, "s1", 2, "alice", "two")]
-    store.write([], delivered=[(200.0, 1)])
-    assert store.outbox("bob") == [(3, "s1", 2, "alice", "two")]
-
-
-def test_records_filter(tmp_path: Path) -> None:
-    store = SQLiteStore(tmp_path / "t.db")
-    store.write(
-        [
-            row("a", 1, "1", sender="alice", received=10.0),
-            row("b", 1, "2", sender="bob", recipient="alice", received=20.0),
-            row(None, None, "3", sender=None, recipient="bob", received=30.0),
-        ]
-    )
-    assert [r.body for r in store.records(sender="alice")] == ["1"]
-    assert [r.body for r in store.records(recipient="alice")] == ["2"]
-    assert [r.body for r in store.records(sender="server")] == ["3"]
-    assert [r.body for r in store.records(recipient="server")] == ["1"]
-    assert [r.body for r in store.records(since=15.0)] == ["2", "3"]
-    assert [r.body for r in store.records(limit=2)] == ["2", "3"]
-    second = list(store.records())[1].seq
-    assert [r.body for r in store.records(after_seq=second)] == ["3"]
-
-
-def test_a_full_store_raises_and_keeps_what_it_had(tmp_path: Path) -> None:
-    store = SQLiteStore(tmp_path / "t.db")
-    store.write([row("s", 1, "fits")])
-    pages = store.db.execute("PRAGMA page_count").fetchone()[0]
-    store.db.execute(f"PRAGMA max_page_count = {pages}")  # as a full disk does
-    with pytest.raises(StoreError, match="full"):
-        store.write([row("s", i, "x" * 5000) for i in range(2, 50)])
-    assert [r.body for r in store.records()] == ["fits"]
-
-
-def test_a_read_only_store_raises(tmp_path: Path) -> None:
-    SQLiteStore(tmp_path / "t.db").close()
-    store = SQLiteStore(tmp_path / "t.db")
-    store.db.execute("PRAGMA query_only = ON")  # as a file system remounted read-only
-    with pytest.raises(StoreError, match="readonly"):
-        store.write([row("s", 1, "x")])
-
-
-def test_segments_pack_a_batch_in_one_row(tmp_path: Path) -> None:
-    store = SQLiteStore(tmp_path / "t.db")
-    items = [(1, "one", "received"), (2, b"\x00two", "received"), (4, "four", b"\x01")]
-    store.write(segments=[(10, "s1", "alice", 50.0, items)])
-    assert store.db.execute("SELECT COUNT(*) FROM segments").fetchone()[0] == 1
-    assert store.next_seq() == 13
-    assert [(r.seq, r.sender_id, r.body, r.reply) for r in store.records()] == [
-        (10, 1, "one", "received"),
-        (11, 2, b"\x00two", "received"),
-        (12, 4, "four", b"\x01"),
-    ]
-    assert store.last_id("s1") == 4
-    assert store.find("s1", 2) == (11, "received")
-    assert store.find("s1", 3) is None  # inside the range, never sent (rejected, say)
-    assert list(unpack(pack(items))) == items
-
-
-def test_records_merge_both_tables_in_seq_order(tmp_path: Path) -> None:
-    store = SQLiteStore(tmp_path / "t.db")
-    store.write(
-        rows=[row("s1", 3, "to bob", recipient="bob", seq=3, delivered=None)],
-        segments=[
-            (1, "s1", "alice", 10.0, [(1, "a", "r"), (2, "b", "r")]),
-            (4, "s2", "carol", 20.0, [(1, "c", "r")]),
-        ],
-    )
-    assert [r.body for r in store.records()] == ["a", "b", "to bob", "c"]
-    assert [r.body for r in store.records(recipient="server")] == ["a", "b", "c"]
-    assert [r.body for r in store.records(recipient="bob")] == ["to bob"]
-    assert [r.body for r in store.records(sender="carol")] == ["c"]
-    assert [r.body for r in store.records(after_seq=2)] == ["to bob", "c"]
-    assert [r.body for r in store.records(limit=2)] == ["to bob", "c"]
-    assert [r.body for r in store.records(since=15.0)] == ["to bob", "c"]
-    assert store.last_id("s1") == 3
-
-
 def test_a_version_1_store_is_migrated_and_keeps_its_messages(tmp_path: Path) -> None:
     path = tmp_path / "old.db"
     db = sqlite3.connect(path, isolation_level=None)
@@ -161,5 +68,327 @@ def test_a_version_1_store_is_migrated_and_keeps_its_messages(tmp_path: Path) ->
     db.close()
     store = SQLiteStore(path)
     assert store.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
-    assert [r.body for r in store.records()] == ["old"]
+    assert bodies(store) == ["old"]
     assert store.next_seq() == 2
+    assert store.session_state("s", "alice").last_id == 1
+    assert store.find_many("s", [1]) == {1: Found("received", None)}
+    assert store.commit(inbound("s", "alice", (2, "new", "received")), 2.0) == Committed([2], [])
+    assert bodies(store) == ["old", "new"]
+    store.close()
+
+
+# -- committing -------------------------------------------------------------------------
+
+
+def test_inbound_text_and_bytes_bodies_and_replies_round_trip(store: SQLiteStore) -> None:
+    store.commit(inbound("s1", "alice", (1, "héllo", "received"), (2, b"\x00\xff", b"\x01")), 1.0)
+    assert [(r.body, r.reply) for r in store.records()] == [
+        ("héllo", "received"),
+        (b"\x00\xff", b"\x01"),
+    ]
+    assert store.find_many("s1", [1, 2]) == {1: Found("received"), 2: Found(b"\x01")}
+
+
+def test_envelope_text_and_bytes_bodies_round_trip(store: SQLiteStore) -> None:
+    batch = Batch(envelopes=[Envelope("bob", "héllo", "alice", "s1", 1), Envelope("bob", b"\xff")])
+    store.commit(batch, 1.0)
+    assert bodies(store) == ["héllo", b"\xff"]
+    assert [p.body for p in store.session_state(None, "bob").outbox] == ["héllo", b"\xff"]
+
+
+def test_commit_numbers_inbound_by_first_seq_then_envelopes(store: SQLiteStore) -> None:
+    batch = Batch(
+        inbound=[
+            Inbound("s1", "alice", [(1, "a", "r"), (2, "b", "r"), (3, "c", "r")]),
+            Inbound("s2", "carol", [(1, "d", "r")]),
+        ],
+        envelopes=[Envelope("bob", "x"), Envelope("bob", "y")],
+    )
+    assert store.commit(batch, 1.0) == Committed([1, 4], [5, 6])
+    assert [(r.seq, r.body) for r in store.records()] == [
+        (1, "a"),
+        (2, "b"),
+        (3, "c"),
+        (4, "d"),
+        (5, "x"),
+        (6, "y"),
+    ]
+    assert store.next_seq() == 7
+
+
+def test_seqs_continue_across_commits(store: SQLiteStore) -> None:
+    assert store.commit(inbound("s", "alice", (1, "a", "r"), (2, "b", "r")), 1.0) == Committed(
+        [1], []
+    )
+    assert store.commit(Batch(envelopes=[Envelope("bob", "c")]), 2.0) == Committed([], [3])
+    assert store.commit(inbound("s", "alice", (3, "d", "r")), 3.0) == Committed([4], [])
+    assert store.next_seq() == 5
+
+
+def test_seqs_continue_after_reopening_the_file(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "t.db")
+    store.commit(inbound("s", "alice", (1, "a", "r"), (2, "b", "r")), 1.0)
+    store.commit(Batch(envelopes=[Envelope("bob", "c")]), 2.0)
+    store.close()
+    store = SQLiteStore(tmp_path / "t.db")
+    assert store.next_seq() == 4
+    assert store.commit(inbound("s", "alice", (3, "d", "r")), 3.0) == Committed([4], [])
+    assert store.commit(Batch(envelopes=[Envelope("bob", "e")]), 4.0) == Committed([], [5])
+    assert [r.seq for r in store.records()] == [1, 2, 3, 4, 5]
+    store.close()
+
+
+def test_seqs_continue_after_the_last_segment_is_reopened(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "t.db")
+    store.commit(Batch(envelopes=[Envelope("bob", "a")]), 1.0)
+    store.commit(inbound("s", "alice", (1, "b", "r"), (2, "c", "r"), (3, "d", "r")), 2.0)
+    store.close()
+    store = SQLiteStore(tmp_path / "t.db")
+    assert store.commit(Batch(envelopes=[Envelope("bob", "e")]), 3.0) == Committed([], [5])
+    store.close()
+
+
+def test_a_message_is_stored_once_per_session_and_sender_id(store: SQLiteStore) -> None:
+    store.commit(Batch(envelopes=[Envelope("bob", "a", "alice", "s1", 1)]), 1.0)
+    again = Batch(
+        inbound=[Inbound("s2", "carol", [(1, "other", "r")])],
+        envelopes=[
+            Envelope("bob", "b", "alice", "s1", 2),
+            Envelope("bob", "a again", "alice", "s1", 1),
+        ],
+    )
+    with pytest.raises(StoreError):
+        store.commit(again, 2.0)
+    assert bodies(store) == ["a"]  # the failed batch left nothing, not even its Inbound
+    assert store.session_state("s1", "bob") == SessionState(1, (Pending(1, "a", "alice", "s1", 1),))
+    assert store.find_many("s2", [1]) == {}
+
+
+def test_the_same_sender_id_in_another_session_is_another_message(store: SQLiteStore) -> None:
+    store.commit(Batch(envelopes=[Envelope("bob", "a", "alice", "s1", 1)]), 1.0)
+    store.commit(Batch(envelopes=[Envelope("bob", "b", "alice", "s2", 1)]), 2.0)
+    assert bodies(store) == ["a", "b"]
+
+
+def test_messages_from_the_server_have_no_key_to_repeat(store: SQLiteStore) -> None:
+    store.commit(Batch(envelopes=[Envelope("bob", "a"), Envelope("bob", "b")]), 1.0)
+    store.commit(Batch(envelopes=[Envelope("bob", "c")]), 2.0)
+    assert bodies(store) == ["a", "b", "c"]
+
+
+def test_a_failed_commit_uses_up_no_seqs(store: SQLiteStore) -> None:
+    store.commit(Batch(envelopes=[Envelope("bob", "a", "alice", "s1", 1)]), 1.0)
+    with pytest.raises(StoreError):
+        store.commit(Batch(envelopes=[Envelope("bob", "a", "alice", "s1", 1)]), 2.0)
+    assert store.commit(Batch(envelopes=[Envelope("bob", "b")]), 3.0) == Committed([], [2])
+
+
+def test_a_full_store_raises_and_keeps_what_it_had(store: SQLiteStore) -> None:
+    store.commit(inbound("s", "alice", (1, "fits", "received")), 1.0)
+    pages = store.db.execute("PRAGMA page_count").fetchone()[0]
+    store.db.execute(f"PRAGMA max_page_count = {pages}")  # as a full disk does
+    big = Batch(
+        inbound=[Inbound("s", "alice", [(i, "x" * 5000, "received") for i in range(2, 50)])],
+        envelopes=[Envelope("bob", "y" * 5000, "alice", "s", 50)],
+    )
+    with pytest.raises(StoreError, match="full"):
+        store.commit(big, 2.0)
+    assert bodies(store) == ["fits"]
+    assert store.session_state("s", "bob") == SessionState(1, ())
+
+
+def test_a_read_only_store_raises(tmp_path: Path) -> None:
+    SQLiteStore(tmp_path / "t.db").close()
+    store = SQLiteStore(tmp_path / "t.db")
+    store.db.execute("PRAGMA query_only = ON")  # as a file system remounted read-only
+    with pytest.raises(StoreError, match="readonly"):
+        store.commit(inbound("s", "alice", (1, "x", "received")), 1.0)
+    with pytest.raises(StoreError, match="readonly"):
+        store.commit(Batch(envelopes=[Envelope("bob", "x")]), 1.0)
+    store.close()
+
+
+# -- segments ---------------------------------------------------------------------------
+
+
+def test_an_inbound_is_packed_in_one_segment_row(store: SQLiteStore) -> None:
+    items: list[Item] = [(1, "one", "received"), (2, b"\x00two", "received"), (4, "four", b"\x01")]
+    assert store.commit(inbound("s1", "alice", *items), 50.0) == Committed([1], [])
+    assert store.db.execute("SELECT COUNT(*) FROM segments").fetchone()[0] == 1
+    assert store.db.execute("SELECT COUNT(*) FROM messages").fetchone()[0] == 0
+    assert store.next_seq() == 4
+    assert [(r.seq, r.sender_id, r.body, r.reply) for r in store.records()] == [
+        (1, 1, "one", "received"),
+        (2, 2, b"\x00two", "received"),
+        (3, 4, "four", b"\x01"),
+    ]
+
+
+def test_pack_and_unpack_round_trip() -> None:
+    items: list[Item] = [(1, "one", "ok"), (2, b"\x00two", "ok"), (4, "", b""), (2**63, b"", "é")]
+    assert list(unpack(pack(items))) == items
+
+
+# -- records ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def three(store: SQLiteStore) -> SQLiteStore:
+    """1 alice to the server at 10; 2 bob to alice at 20; 3 the server to bob at 30."""
+    store.commit(inbound("a", "alice", (1, "1", "received")), 10.0)
+    store.commit(Batch(envelopes=[Envelope("alice", "2", "bob", "b", 1)]), 20.0)
+    store.commit(Batch(envelopes=[Envelope("bob", "3")]), 30.0)
+    return store
+
+
+def test_records_by_sender(three: SQLiteStore) -> None:
+    assert bodies(three, sender="alice") == ["1"]
+    assert bodies(three, sender="bob") == ["2"]
+    assert bodies(three, sender="server") == ["3"]
+
+
+def test_records_by_recipient(three: SQLiteStore) -> None:
+    assert bodies(three, recipient="alice") == ["2"]
+    assert bodies(three, recipient="bob") == ["3"]
+    assert bodies(three, recipient="server") == ["1"]
+
+
+def test_records_since(three: SQLiteStore) -> None:
+    assert bodies(three, since=15.0) == ["2", "3"]
+    assert bodies(three, since=20.0) == ["2", "3"]  # inclusive
+
+
+def test_records_limit_keeps_the_latest(three: SQLiteStore) -> None:
+    assert bodies(three, limit=2) == ["2", "3"]
+
+
+def test_records_after_seq(three: SQLiteStore) -> None:
+    second = list(three.records())[1].seq
+    assert bodies(three, after_seq=second) == ["3"]
+
+
+def test_records_give_every_field(three: SQLiteStore) -> None:
+    first, second, third = three.records()
+    assert (first.sender, first.recipient, first.sender_id, first.reply) == (
+        "alice",
+        None,
+        1,
+        "received",
+    )
+    assert (first.received, first.delivered) == (10.0, 10.0)
+    assert (second.sender, second.recipient, second.sender_id, second.reply) == (
+        "bob",
+        "alice",
+        1,
+        None,
+    )
+    assert (second.received, second.delivered) == (20.0, None)
+    assert (third.sender, third.recipient, third.sender_id) == (None, "bob", None)
+
+
+def test_records_merge_both_tables_in_seq_order(store: SQLiteStore) -> None:
+    store.commit(inbound("s1", "alice", (1, "a", "r"), (2, "b", "r")), 10.0)
+    store.commit(Batch(envelopes=[Envelope("bob", "to bob", "alice", "s1", 3)]), 15.0)
+    store.commit(inbound("s2", "carol", (1, "c", "r")), 20.0)
+    assert [(r.seq, r.body) for r in store.records()] == [
+        (1, "a"),
+        (2, "b"),
+        (3, "to bob"),
+        (4, "c"),
+    ]
+    assert bodies(store, recipient="server") == ["a", "b", "c"]
+    assert bodies(store, recipient="bob") == ["to bob"]
+    assert bodies(store, sender="carol") == ["c"]
+    assert bodies(store, sender="alice") == ["a", "b", "to bob"]
+    assert bodies(store, after_seq=1) == ["b", "to bob", "c"]  # inside a segment
+    assert bodies(store, limit=2) == ["to bob", "c"]
+    assert bodies(store, since=15.0) == ["to bob", "c"]
+
+
+# -- the outbox -------------------------------------------------------------------------
+
+
+def test_the_outbox_in_seq_order_until_delivered(store: SQLiteStore) -> None:
+    committed = store.commit(
+        Batch(
+            envelopes=[
+                Envelope("bob", "one", "alice", "s1", 1),
+                Envelope("carol", "other", "alice", "s1", 2),
+                Envelope("bob", "two", "alice", "s1", 3),
+            ]
+        ),
+        1.0,
+    )
+    one, _, two = committed.envelopes
+    assert store.outbox("bob") == [(one, "s1", 1, "alice", "one"), (two, "s1", 3, "alice", "two")]
+    store.commit(Batch(delivered=[one]), 2.0)
+    assert store.outbox("bob") == [(two, "s1", 3, "alice", "two")]
+    assert [r.delivered for r in store.records(recipient="bob")] == [2.0, None]
+    store.commit(Batch(delivered=[two]), 3.0)
+    assert store.outbox("bob") == []
+    assert len(store.outbox("carol")) == 1
+
+
+def test_delivered_commits_with_new_envelopes_in_one_batch(store: SQLiteStore) -> None:
+    (first,) = store.commit(Batch(envelopes=[Envelope("bob", "one")]), 1.0).envelopes
+    store.commit(Batch(envelopes=[Envelope("bob", "two")], delivered=[first]), 2.0)
+    assert [p.body for p in store.session_state(None, "bob").outbox] == ["two"]
+
+
+# -- session_state ----------------------------------------------------------------------
+
+
+def test_session_state_of_a_new_session_is_empty(store: SQLiteStore) -> None:
+    assert store.session_state("new", "nobody") == SessionState(0, ())
+    assert store.session_state(None, "nobody") == SessionState(0, ())
+
+
+def test_session_state_gives_the_last_id_from_both_tables(store: SQLiteStore) -> None:
+    store.commit(inbound("s1", "alice", (1, "a", "r"), (4, "b", "r")), 1.0)
+    assert store.session_state("s1", "alice").last_id == 4
+    store.commit(Batch(envelopes=[Envelope("bob", "c", "alice", "s1", 6)]), 2.0)
+    assert store.session_state("s1", "alice").last_id == 6
+    assert store.session_state("other", "alice").last_id == 0
+
+
+def test_session_state_gives_the_outbox_as_pending_records(store: SQLiteStore) -> None:
+    store.commit(
+        Batch(
+            envelopes=[
+                Envelope("bob", "hi", "alice", "s1", 1),
+                Envelope("bob", b"\x00"),
+                Envelope("carol", "not bob's"),
+            ]
+        ),
+        1.0,
+    )
+    assert store.session_state("sb", "bob") == SessionState(
+        0, (Pending(1, "hi", "alice", "s1", 1), Pending(2, b"\x00", None, None, None))
+    )
+
+
+# -- find_many --------------------------------------------------------------------------
+
+
+def test_find_many_gives_the_reply_of_messages_to_the_server(store: SQLiteStore) -> None:
+    store.commit(inbound("s1", "alice", (1, "a", "ok"), (2, "b", b"\x01")), 1.0)
+    assert store.find_many("s1", [1, 2]) == {1: Found("ok", None), 2: Found(b"\x01", None)}
+
+
+def test_find_many_gives_the_recipient_of_envelopes(store: SQLiteStore) -> None:
+    store.commit(Batch(envelopes=[Envelope("bob", "hi", "alice", "s1", 1)]), 1.0)
+    assert store.find_many("s1", [1]) == {1: Found(None, "bob")}
+
+
+def test_find_many_leaves_out_ids_never_stored(store: SQLiteStore) -> None:
+    store.commit(inbound("s1", "alice", (1, "a", "r"), (4, "b", "r")), 1.0)
+    store.commit(Batch(envelopes=[Envelope("bob", "c", "alice", "s1", 5)]), 2.0)
+    found = store.find_many("s1", [0, 1, 2, 3, 4, 5, 6])
+    assert found == {1: Found("r"), 4: Found("r"), 5: Found(None, "bob")}  # 2, 3: inside
+
+
+def test_find_many_looks_only_in_the_given_session(store: SQLiteStore) -> None:
+    store.commit(inbound("s1", "alice", (1, "a", "r")), 1.0)
+    store.commit(Batch(envelopes=[Envelope("bob", "c", "alice", "s1", 2)]), 2.0)
+    assert store.find_many("s2", [1, 2]) == {}
+    assert store.find_many("s1", []) == {}

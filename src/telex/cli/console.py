@@ -183,15 +183,41 @@ class PeerEventPrinter:
         self.out.record(event.kind, time=now_iso(), name=event.peer.name, peer=event.peer.address)
 
 
+def outcome(ack: Ack, who: str) -> tuple[str, str]:
+    """What an answer means, from its flags (never from its reason text): a status word
+    (acknowledged, stored, delivered, rejected) and a phrase for people."""
+    if not ack.ok:
+        return "rejected", ack.reason
+    if ack.stored:
+        return "stored", f"stored for {who}" + (" (not connected)" if ack.away else "")
+    if ack.delivered:
+        return "delivered", f"delivered to {who}"
+    return "acknowledged", f"{who} acknowledged"
+
+
 def show_ack(out: Output, who: str, ack: Ack) -> None:
-    """One acknowledgment of a message this console sent."""
+    """One answer to a message this console sent: acknowledged, stored or delivered."""
+    status, text = outcome(ack, who)
+    if status == "rejected":
+        out.line(f"  ✗ #{ack.id} {who}: {ack.reason}", fg="red")
+        out.record("ack", to=who, id=ack.id, status="rejected", code=ack.status, reason=ack.reason)
+        return
+    reply = f": {printable(ack.reply)}" if ack.reply else ""
+    mark, colour = ("…", "yellow") if status == "stored" else ("✓", "green")
+    out.line(f"  {mark} #{ack.id} {text}{reply}", fg=colour)
+    out.record("ack", to=who, id=ack.id, status="ok", outcome=status,
+               **body_fields(ack.reply, "reply"))  # fmt: skip
+
+
+def show_delivery(out: Output, who: str, msg_id: int, ack: Ack | Receipt) -> None:
+    """The later answer to a stored message: its recipient acknowledged it (or refused)."""
     if ack.ok:
         reply = f": {printable(ack.reply)}" if ack.reply else ""
-        out.line(f"  ✓ {who} acknowledged #{ack.id}{reply}", fg="green")
-        out.record("ack", to=who, id=ack.id, status="ok", **body_fields(ack.reply, "reply"))
+        out.line(f"  ✓✓ #{msg_id} delivered to {who}{reply}", fg="green")
     else:
-        out.line(f"  ✗ {who}: {ack.reason}", fg="red")
-        out.record("ack", to=who, id=ack.id, status="rejected", code=ack.status, reason=ack.reason)
+        out.line(f"  ✗ #{msg_id} refused by {who}: {ack.reason}", fg="red")
+    out.record("receipt", to=who, id=msg_id, status="delivered" if ack.ok else "refused",
+               reason=ack.reason, **body_fields(ack.reply, "reply"))  # fmt: skip
 
 
 class ServerConsole:
@@ -297,6 +323,7 @@ class ChatSession:
         self.state = "connecting"
         self.connected = asyncio.Event()
         self.gave_up = asyncio.Event()
+        self.recipients: dict[int, str] = {}  # message id -> the client it was for
         self.client = AsyncClient(
             host,
             port,
@@ -331,13 +358,8 @@ class ChatSession:
         self.state = state
 
     def _on_receipt(self, receipt: Receipt) -> None:
-        if receipt.ok:
-            reply = f": {printable(receipt.reply)}" if receipt.reply else ""
-            self.out.line(f"  ✓✓ #{receipt.id} delivered{reply}", fg="green")
-        else:
-            self.out.line(f"  ✗ #{receipt.id} not delivered: {receipt.reason}", fg="red")
-        self.out.record("receipt", id=receipt.id, status="ok" if receipt.ok else "rejected",
-                        reason=receipt.reason, **body_fields(receipt.reply, "reply"))  # fmt: skip
+        who = self.recipients.pop(receipt.id, "its recipient")
+        show_delivery(self.out, who, receipt.id, receipt)
 
     async def start(self) -> None:
         """Connect for the first time; a failure here is the caller's (no retry)."""
@@ -362,6 +384,8 @@ class ChatSession:
         msg_id = self.client.next_id
         who = command.to or "server"
         future = self.client.send_nowait(command.text, to=command.to)
+        if command.to is not None:
+            self.recipients[msg_id] = command.to
         arrow = f" → @{command.to}" if command.to else ""
         waiting = "" if self.connected.is_set() else " (waits for the reconnection)"
         self.out.line(f"you #{msg_id}{arrow}: {command.text}{waiting}", dim=True)

@@ -39,6 +39,7 @@ from .common import (
 )
 from .console import (
     Output,
+    outcome,
     read_lines,
 )
 from .render import body_fields, printable
@@ -86,9 +87,10 @@ class AckPrinter:
             if self.to is not None:
                 record["to"] = self.to
             if ack.ok:
+                record["outcome"] = outcome(ack, self.to or "server")[0]
                 record.update(body_fields(ack.reply, "reply"), bytes=size)
-                if ack.reason:
-                    record["note"] = ack.reason
+                if ack.stored:
+                    record["away"] = ack.away
             else:
                 record.update(code=ack.status, reason=ack.reason)
             return json.dumps(record) + "\n"
@@ -97,8 +99,12 @@ class AckPrinter:
         if self.to is None:
             return f"ack {ack.id}: {printable(ack.reply)} ({size} bytes)\n"
         reply = f": {printable(ack.reply)}" if ack.reply else ""
-        what = ack.reason or f"delivered to {self.to}"  # a server with a store says "stored"
-        return f"ack {ack.id}: {what}{reply} ({size} bytes)\n"
+        if ack.stored:
+            away = " (not connected)" if ack.away else ""
+            return f"stored {ack.id} for {self.to}{away} ({size} bytes)\n"
+        if ack.delivered:
+            return f"delivered {ack.id} to {self.to}{reply} ({size} bytes)\n"
+        return f"ack {ack.id}: {printable(ack.reply)} ({size} bytes)\n"
 
 
 @click.command()
@@ -275,7 +281,7 @@ async def _wait_for_receipts(
 ) -> int:
     """Wait for the receipt of every message the server stored for later; print each.
     Returns how many did not come in time."""
-    expected = [ack.id for ack in acks if ack.ok and ack.reason.startswith("stored")]
+    expected = [ack.id for ack in acks if ack.ok and ack.stored]
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(timeout):
             while not all(msg_id in receipts for msg_id in expected):

@@ -42,6 +42,7 @@ from .console import (
     Output,
     PeerEventPrinter,
     ServerConsole,
+    show_delivery,
 )
 
 
@@ -156,6 +157,7 @@ def serve(
         limits=Limits(**limits),
         text_pause=text_pause,
         on_event=None if quiet else PeerEventPrinter(out),
+        on_delivery=lambda seq, name, ack: show_delivery(out, name, seq, ack),
         store=store,
         ssl=context,
         token=token,

@@ -43,6 +43,7 @@ from ..core.events import (
 )
 from ..core.handlers import Reject, is_async, rejection_for
 from ..core.protocol import DEFAULT_MAX_MESSAGE_SIZE, Connection, Role
+from ..core.session import ClientSession
 from ..exceptions import (
     AuthenticationFailed,
     CertificateRejected,
@@ -254,15 +255,12 @@ class AsyncClient:
         self._worker: asyncio.Task[None] | None = None
         self._conn = Connection(Role.CLIENT, max_message_size=max_message_size)
         self._protocol: _ClientProtocol | None = None
-        self._next_id = 1
         self._pending: dict[int, asyncio.Future[Ack]] = {}
-        self._unacked: dict[int, tuple[Body, str | None]] = {}  # to resend, in order
+        self._session = ClientSession(self.session)  # ids, resend, redeliveries
         self._failure: TelexError | None = None  # the end, for good
         self._closing = False
         self._done: asyncio.Future[None] | None = None
         self._reconnecting: asyncio.Task[None] | None = None
-        self._stable_ids = False
-        self._last_delivered = 0  # the highest id of a server message acknowledged
 
     @property
     def address(self) -> str:
@@ -334,9 +332,7 @@ class AsyncClient:
         self.server_limits = welcome.limits
         self.server_agent = welcome.agent
         self.name = welcome.name or self.name
-        self._stable_ids = welcome.stable_ids
-        for msg_id, (body, to) in self._unacked.items():  # resend, in order, under their ids
-            conn.send_message(body, name=to, msg_id=msg_id)
+        self._session.welcomed(welcome, conn)  # resend what waits, in order, under its ids
         protocol.flush()
 
     def _check_certificate(self, protocol: _ClientProtocol) -> None:
@@ -433,7 +429,7 @@ class AsyncClient:
         """The end, for good: fail what waits, end the inbox."""
         self._failure = failure
         pending, self._pending = self._pending, {}
-        self._unacked.clear()
+        self._session.forget()
         for future in pending.values():
             if not future.done():
                 future.set_exception(failure)
@@ -445,7 +441,7 @@ class AsyncClient:
 
     def _on_message(self, message: Message, conn: Connection) -> None:
         """Answer a message from the server: through the handler, or into the inbox."""
-        if self._stable_ids and message.id <= self._last_delivered:
+        if self._session.is_redelivery(message):
             conn.send_ack(message.id)  # sent again after a reconnect: taken already
             return
         handler = self.handler
@@ -470,8 +466,7 @@ class AsyncClient:
 
     def _acknowledge(self, conn: Connection, msg_id: int, reply: Reply) -> None:
         conn.send_ack(msg_id, b"" if reply is None else reply)
-        if self._stable_ids and msg_id > self._last_delivered:
-            self._last_delivered = msg_id
+        self._session.took(msg_id)
 
     def _handler_failed(self, conn: Connection, message: Message, exc: Exception) -> None:
         if not isinstance(exc, Reject):
@@ -539,11 +534,11 @@ class AsyncClient:
     @property
     def next_id(self) -> int:
         """The id the next message sent will have."""
-        return self._next_id
+        return self._session.next_id
 
     def _on_ack(self, ack: Ack) -> None:
         future = self._pending.pop(ack.id, None)
-        self._unacked.pop(ack.id, None)
+        self._session.answered(ack.id)
         if future is not None and not future.done():
             future.set_result(ack)
 
@@ -560,11 +555,9 @@ class AsyncClient:
             raise RuntimeError("the client is not connected; use 'async with telex.connect(...)'")
         if not isinstance(body, str | bytes | bytearray | memoryview):
             raise TypeError(f"a message body is str or bytes, not {type(body).__name__}")
-        msg_id = self._next_id
-        self._next_id = msg_id + 1
+        msg_id = self._session.number(body, to)
         future: asyncio.Future[Ack] = asyncio.get_running_loop().create_future()
         self._pending[msg_id] = future
-        self._unacked[msg_id] = (body, to)
         protocol = self._protocol
         if protocol is not None and not protocol.closed.done():
             self._conn.send_message(body, name=to, msg_id=msg_id)

@@ -7,11 +7,13 @@ implementation and the same method names.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import threading
-from collections.abc import Coroutine, Iterable
+from collections.abc import Callable, Coroutine, Iterable, Iterator
 from typing import Any, TypeVar
 
 from ..core.events import Ack, Body, Message
+from ..exceptions import ConnectionClosed
 from .aio import DEFAULT_WINDOW, AsyncClient
 
 __all__ = ["Client"]
@@ -45,6 +47,40 @@ class Client:
         """The name the server knows this client by."""
         return self._client.name
 
+    @property
+    def address(self) -> str:
+        return self._client.address
+
+    @property
+    def session(self) -> str:
+        return self._client.session
+
+    @property
+    def next_id(self) -> int:
+        """The id the next message sent will have."""
+        return self._client.next_id
+
+    @property
+    def connected(self) -> bool:
+        return self._client.connected
+
+    @property
+    def unacknowledged(self) -> int:
+        return self._client.unacknowledged
+
+    @property
+    def failure_reason(self) -> str:
+        """Why the client ended, if it has."""
+        return self._client.failure_reason
+
+    def send_nowait(self, body: Body, *, to: str | None = None) -> concurrent.futures.Future[Ack]:
+        """Queue a message; the future gets its acknowledgment (rejections included)."""
+
+        async def send() -> Ack:
+            return await self._client.send_nowait(body, to=to)
+
+        return asyncio.run_coroutine_threadsafe(send(), self._loop)
+
     def send(self, body: Body, *, to: str | None = None, timeout: float | None = None) -> Ack:
         """Send one message and return its acknowledgment; raise if it was rejected."""
         return self._run(self._client.send(body, to=to, timeout=timeout))
@@ -55,16 +91,31 @@ class Client:
         *,
         window: int = DEFAULT_WINDOW,
         timeout: float | None = None,
+        on_ack: Callable[[Ack], object] | None = None,
         to: str | None = None,
     ) -> list[Ack]:
-        """Send every body with up to ``window`` in flight; return all acks in order."""
-        return self._run(
-            self._client.send_many(list(bodies), window=window, timeout=timeout, to=to)
+        """Send every body with up to ``window`` in flight; return all acks in order.
+        ``on_ack`` is called (on the client's thread) with each as it arrives."""
+        many = self._client.send_many(
+            list(bodies), window=window, timeout=timeout, on_ack=on_ack, to=to
         )
+        return self._run(many)
 
-    def receive(self, timeout: float | None = None) -> Message:
+    def receive(self, *, timeout: float | None = None) -> Message:
         """The next message from the server; ``TelexTimeout`` after ``timeout`` seconds."""
         return self._run(self._client.receive(timeout=timeout))
+
+    def __iter__(self) -> Iterator[Message]:
+        """Every message from the server, until the connection ends."""
+        while True:
+            try:
+                yield self.receive()
+            except ConnectionClosed:
+                return
+
+    def wait_closed(self) -> None:
+        """Return once the client is done for good: closed, or gave up reconnecting."""
+        self._run(self._client.wait_closed())
 
     def close(self) -> None:
         if self._thread.is_alive():

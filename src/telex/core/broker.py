@@ -45,6 +45,7 @@ __all__ = [
     "Broker",
     "Close",
     "Commit",
+    "Delivered",
     "Find",
     "Flush",
     "Gate",
@@ -157,6 +158,7 @@ class Link:
         "open",
         "outgoing",
         "outgoing_answerable",
+        "parked",
         "paused",
         "peer",
         "peer_done",
@@ -172,6 +174,7 @@ class Link:
         self.open = False  # welcomed (framed) or first byte seen (text)
         self.answers: deque[Slot] = deque()  # answers waiting for an earlier one
         self.held: list[Event] | None = None  # events waiting for a store lookup
+        self.parked: list[Callable[[Any], None]] = []  # receipts waiting for the held
         self.known: dict[int, Found | None] = {}  # resent ids looked up: stored or not
         self.max_stored = 0  # this session's highest stored id: lower ones may be resends
         self.outgoing: dict[int, OnAnswer] = {}  # sent to this client, not yet answered
@@ -264,7 +267,19 @@ class Notice:
     event: PeerEvent
 
 
-Action = Flush | Close | Commit | Load | Find | RunHandler | Pause | RefuseLogin | Notice
+@dataclass(frozen=True, slots=True)
+class Delivered:
+    """A message of the server's own, stored while its client was away, was answered by
+    that client: ``ack`` is its answer to message ``seq``."""
+
+    seq: int
+    name: str
+    ack: Ack
+
+
+Action = (
+    Flush | Close | Commit | Load | Find | RunHandler | Pause | RefuseLogin | Notice | Delivered
+)
 
 _SYNC_TAG = object()
 
@@ -275,6 +290,7 @@ class _Thens:
 
     inbound: list[tuple[Link, Slot, list[Item]]] = field(default_factory=list)
     envelopes: list[Callable[[int | None, str], None]] = field(default_factory=list)
+    sessions: list[str] = field(default_factory=list)  # whose messages are in the batch
 
 
 class Broker:
@@ -309,6 +325,10 @@ class Broker:
         self._thens = _Thens()
         self._committing: _Thens | None = None
         self._commit_wanted = False
+        # Sessions with messages not yet committed: [how many batches, the highest id].
+        # A resend of one of those waits for the commit before the store is asked.
+        self._unsettled: dict[str, list[int]] = {}
+        self._awaiting_commit: list[Link] = []
 
     # -- connections --------------------------------------------------------------
 
@@ -341,7 +361,7 @@ class Broker:
                 self.handle(link, events)
         link.peer_done = True
         link.outgoing_answerable = False
-        if not link.open:
+        if not link.open and link.held is None:  # not even waiting for its welcome
             self._close(link, "closed before its handshake")
         else:
             self._settle(link)
@@ -592,6 +612,7 @@ class Broker:
             link.answers.append(slot)
             self._batch.inbound.append(Inbound(link.peer.session, self._sender(link), items))
             self._thens.inbound.append((link, slot, items))
+            self._unsettle(link.peer.session, items[-1][0])
             self._want_commit()
             return []
         return items
@@ -600,6 +621,7 @@ class Broker:
         """An async handler's message, stored before its answer fills ``slot``."""
         self._batch.inbound.append(Inbound(link.peer.session, self._sender(link), [item]))
         self._thens.inbound.append((link, slot, [item]))
+        self._unsettle(link.peer.session, item[0])
         self._want_commit()
 
     def _fresh(self, link: Link, event: Message, events: list[Event]) -> bool:
@@ -611,10 +633,11 @@ class Broker:
         session = link.peer.session
         assert session is not None
         if event.id not in link.known:
-            rest = events[events.index(event) :]
-            link.held = rest
-            ids = tuple(e.id for e in rest if type(e) is Message and e.id <= link.max_stored)
-            self.actions.append(Find(link, session, ids))
+            link.held = events[events.index(event) :]
+            if session in self._unsettled:  # the first copy may be in a batch not yet stored
+                self._awaiting_commit.append(link)
+            else:
+                self._find(link, session)
             return False
         found = link.known.pop(event.id)
         if found is None:
@@ -628,6 +651,39 @@ class Broker:
             self._answer(link, _stored_ack(msg_id, note, frames.FLAG_STORED))
         return False
 
+    def _find(self, link: Link, session: str) -> None:
+        held = link.held or []
+        ids = tuple(
+            e.id
+            for e in held
+            if type(e) is Message and e.id <= link.max_stored and e.id not in link.known
+        )
+        self.actions.append(Find(link, session, ids))
+
+    def _unsettle(self, session: str | None, msg_id: int) -> None:
+        if session is not None:
+            entry = self._unsettled.setdefault(session, [0, 0])
+            entry[0] += 1
+            entry[1] = max(entry[1], msg_id)
+            self._thens.sessions.append(session)
+
+    def _settle_sessions(self, sessions: list[str]) -> None:
+        """A batch is done: its sessions' resends may now be looked up in the store."""
+        for session in sessions:
+            entry = self._unsettled[session]
+            entry[0] -= 1
+            if not entry[0]:
+                del self._unsettled[session]
+        waiting, self._awaiting_commit = self._awaiting_commit, []
+        for link in waiting:
+            waiting_session = link.peer.session
+            if link not in self.links or link.held is None or waiting_session is None:
+                continue
+            if waiting_session in self._unsettled:
+                self._awaiting_commit.append(link)
+            else:
+                self._find(link, waiting_session)
+
     def found(self, link: Link, found: dict[int, Found], ids: Iterable[int]) -> None:
         """The store's answer to ``Find``: go on with the events that waited for it."""
         for msg_id in ids:
@@ -640,6 +696,10 @@ class Broker:
             return
         if held:
             self.handle(link, held)
+        if link.held is None and link.parked:
+            parked, link.parked = link.parked, []
+            for fill in parked:
+                self._answer(link, fill)
         if link.held is None:
             self._resume_if_drained(link)
             self._settle(link)
@@ -674,6 +734,7 @@ class Broker:
             self._fill(link, slot, _acks(items))
         for then, seq in zip(thens.envelopes, result.envelopes, strict=True):
             then(seq, "")
+        self._settle_sessions(thens.sessions)
         if self._batch:
             self._want_commit()
 
@@ -689,6 +750,7 @@ class Broker:
             self._fill(link, slot, _unavailable(items, error))
         for then in thens.envelopes:
             then(None, error)
+        self._settle_sessions(thens.sessions)
         if self._batch:
             self._want_commit()
 
@@ -742,6 +804,11 @@ class Broker:
         msg_id = event.id
         slot = Slot()
         link.answers.append(slot)
+        if to == "server":
+            self.stats.rejected += 1
+            reason = "the server is not a client: send it a MESSAGE, without a name"
+            self._fill(link, slot, _rejection(msg_id, AckStatus.NOT_DELIVERED, reason))
+            return
         if self.stored:
             self._route_stored(link, slot, event, to)
             return
@@ -788,6 +855,7 @@ class Broker:
 
         self._batch.envelopes.append(Envelope(to, body, sender, session, msg_id))
         self._thens.envelopes.append(stored)
+        self._unsettle(session, msg_id)
         self._want_commit()
 
     def _receipt_for(self, seq: int, session: str | None, sender_id: int) -> OnAnswer:
@@ -799,15 +867,16 @@ class Broker:
                 return
             self._batch.delivered.append(seq)
             self._want_commit()
-            if ack.ok:
-                self.stats.delivered += 1
+            self.stats.delivered += 1  # it reached its client, which answered
             sender = None if session is None else self.sessions.get(session)
             if sender is not None and isinstance(sender.proto, Connection) and sender_id:
                 self.stats.receipts += 1
                 status, reason, reply = ack.status, ack.reason, ack.reply
-                self._answer(
-                    sender, lambda proto: proto.send_receipt(sender_id, status, reason, reply)
-                )
+                receipt = partial_receipt(sender_id, status, reason, reply)
+                if sender.held is not None:  # behind the ACK the held events may hold
+                    sender.parked.append(receipt)
+                else:
+                    self._answer(sender, receipt)
 
         return answered
 
@@ -972,7 +1041,9 @@ class Broker:
         """The store's answer to ``Load``: welcome the client, deliver its outbox."""
         if link not in self.links or link.final is not None:
             return
-        link.max_stored = state.last_id
+        session = link.peer.session
+        unsettled = self._unsettled.get(session, (0, 0)) if session is not None else (0, 0)
+        link.max_stored = max(state.last_id, unsettled[1])  # a batch may be on its way
         self._welcome(link, state)
         self._release(link)
 
@@ -990,7 +1061,7 @@ class Broker:
         self._notice("joined", link)
         waiting, link.deliveries = link.deliveries or [], []
         for pending in state.outbox:
-            on_answer = self._outbox_answer(pending)
+            on_answer = self._outbox_answer(pending, name or "")
             self.deliver(link, pending.body, pending.sender, on_answer, pending.seq)
         for body, sender, on_answer, msg_id in waiting:
             self.deliver(link, body, sender, on_answer, msg_id)
@@ -999,8 +1070,17 @@ class Broker:
             link.ending = "server shutting down"
             self._settle(link)
 
-    def _outbox_answer(self, pending: Pending) -> OnAnswer:
-        return self._receipt_for(pending.seq, pending.session, pending.sender_id or 0)
+    def _outbox_answer(self, pending: Pending, name: str) -> OnAnswer:
+        receipt = self._receipt_for(pending.seq, pending.session, pending.sender_id or 0)
+        if pending.sender is not None:
+            return receipt
+
+        def answered(ack: Ack) -> None:  # the server's own: tell the server
+            receipt(ack)
+            if ack.status != AckStatus.NOT_DELIVERED:
+                self.actions.append(Delivered(pending.seq, name, ack))
+
+        return answered
 
     def _claim_name(self, link: Link, wanted: str | None) -> str | None:
         """Register a framed client's name (a guest name if it gave none); None if taken.
@@ -1080,6 +1160,10 @@ def _answer_with(msg_id: int, ack: Ack, flags: int) -> Callable[[Any], None]:
             proto.send_rejection(msg_id, ack.status, ack.reason)
 
     return fill
+
+
+def partial_receipt(msg_id: int, status: int, reason: str, reply: Body) -> Callable[[Any], None]:
+    return lambda proto: proto.send_receipt(msg_id, status, reason, reply)
 
 
 def _rejection(msg_id: int, status: int, reason: str) -> Callable[[Any], None]:

@@ -1,4 +1,4 @@
-"""One accepted connection, as asyncio sees it: bytes, TLS, timers and backpressure.
+"""One accepted connection, as asyncio sees it: bytes, timers and backpressure.
 
 ``PeerProtocol`` hands every read to the broker (``telex.core.broker``), which decides
 every answer; the server then writes what the broker queued. Nothing here decides what
@@ -49,9 +49,6 @@ class PeerProtocol(asyncio.Protocol):
         self.paused_for: set[str] = set()
         self.jobs: deque[RunHandler] = deque()  # for the async handler, in order
         self.worker: asyncio.Task[None] | None = None
-        self.tls_task: asyncio.Task[None] | None = None
-        self.tls_pending = False
-        self.early: list[bytes] = []
 
     # -- asyncio callbacks ------------------------------------------------------------
 
@@ -65,53 +62,10 @@ class PeerProtocol(asyncio.Protocol):
             self.transport.abort()
             return
         self.broker.connect(self.link)
-        if self.server.ssl is not None:
-            self.transport.pause_reading()  # not a byte before TLS: start_tls reads on
-            self.tls_pending = True
-            self.tls_task = asyncio.create_task(self._start_tls(self.transport))
-            return
         limit = self.server.limits.write_buffer_limit
         self.transport.set_write_buffer_limits(high=limit, low=limit // 4)
 
-    async def _start_tls(self, transport: asyncio.Transport) -> None:
-        """The TLS handshake, within the handshake time limit; a failure is one log line."""
-        context = self.server.ssl
-        assert context is not None
-        try:
-            tls = await self.loop.start_tls(
-                transport,
-                self,
-                context,
-                server_side=True,
-                ssl_handshake_timeout=self.server.limits.handshake_timeout,
-            )
-        except (OSError, TimeoutError, ConnectionError) as exc:
-            reason = getattr(exc, "reason", None) or str(exc) or type(exc).__name__
-            log.warning("%s: TLS handshake failed: %s", self.link.peer.address, reason)
-            self._drop(transport)
-            return
-        if tls is None:  # the peer went away during the handshake
-            self._drop(transport)
-            return
-        self.transport = tls
-        self.tls_pending = False
-        limit = self.server.limits.write_buffer_limit
-        tls.set_write_buffer_limits(high=limit, low=limit // 4)
-        early, self.early = self.early, []
-        for data in early:  # what came with the end of the handshake, now with a TLS transport
-            self.data_received(data)
-
-    def _drop(self, transport: asyncio.Transport) -> None:
-        """End a connection whose TLS handshake failed (our protocol never saw it open)."""
-        transport.abort()
-        self.server.forget(self)
-        self.broker.connection_lost(self.link)
-        self.server.run_actions()
-
     def data_received(self, data: bytes) -> None:
-        if self.tls_pending:
-            self.early.append(data)  # start_tls has not handed us the TLS transport yet
-            return
         self.last_heard = self.loop.time()
         self.pinged = False
         link = self.link
@@ -229,7 +183,7 @@ class PeerProtocol(asyncio.Protocol):
         link = self.link
         quiet = now - self.last_heard
         if not link.open:
-            if now - self.connected > limits.handshake_timeout and not self.tls_pending:
+            if now - self.connected > limits.handshake_timeout:
                 self.broker.fail(
                     link,
                     ErrorCode.HANDSHAKE_TIMEOUT,

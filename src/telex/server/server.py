@@ -25,6 +25,7 @@ from ..core.broker import (
     Broker,
     Close,
     Commit,
+    Delivered,
     Find,
     Flush,
     Handler,
@@ -76,7 +77,8 @@ class Server:
     ``handler(message, peer)`` returns the reply body (``str``, ``bytes`` or ``None``)
     or raises ``Reject``; it may be a plain or an ``async`` function. ``store`` keeps
     every message before it is acknowledged: a path to a SQLite file, or an opened
-    ``telex.store.Store``; without one, nothing is kept.
+    ``telex.store.Store``; without one, nothing is kept. ``on_delivery(seq, name, ack)``
+    hears when a message sent while its client was away (``ack.stored``) is answered.
     """
 
     def __init__(
@@ -89,6 +91,7 @@ class Server:
         text_pause: float = TEXT_PAUSE,
         shutdown_grace: float = 5.0,
         on_event: Callable[[PeerEvent], object] | None = None,
+        on_delivery: Callable[[int, str, Ack], object] | None = None,
         store: str | Path | Store | None = None,
         sync: str = "normal",
         ssl: SSLContext | None = None,
@@ -110,6 +113,7 @@ class Server:
         self.text_pause = text_pause
         self.shutdown_grace = shutdown_grace
         self.on_event = on_event
+        self.on_delivery = on_delivery  # a stored message of ours reached its client later
         self.broker = Broker(
             self.handler,
             handler_is_async=is_async(self.handler),
@@ -135,11 +139,15 @@ class Server:
         loop = asyncio.get_running_loop()
         if self.store is not None:
             self._store_thread = ThreadPoolExecutor(1, thread_name_prefix="telex-store")
+        # TLS by the loop itself: the handshake is done before the protocol sees a byte,
+        # within the handshake time limit (a silent or failed handshake is dropped).
         self._server = await loop.create_server(
             lambda: PeerProtocol(self),
             self.host,
             self.port,
             reuse_address=True,
+            ssl=self.ssl,
+            ssl_handshake_timeout=None if self.ssl is None else self.limits.handshake_timeout,
         )
         self.port = self._server.sockets[0].getsockname()[1]
         self._watchdog = asyncio.create_task(self._watch())
@@ -162,10 +170,6 @@ class Server:
         self.closing = True
         if self._server is not None:
             self._server.close()
-        for peer in list(self.connections):
-            if peer.tls_pending and peer.tls_task is not None and peer.transport is not None:
-                peer.tls_task.cancel()
-                peer._drop(peer.transport)
         self.broker.shutdown()
         self.run_actions()
         if self.connections:
@@ -244,6 +248,9 @@ class Server:
                         self._refuse_login(action)
                     case Notice(event):
                         self._notice(event)
+                    case Delivered(seq, name, ack):
+                        if self.on_delivery is not None:
+                            self.on_delivery(seq, name, ack)
 
     def _commit(self) -> None:
         """Store what the broker collected this loop turn, on the store thread."""
