@@ -301,8 +301,8 @@ class Connection:
         if self._pending:  # joined once the frame is whole: no copy per piece
             self._pending.append(data)
             self.buffered += len(data)
-            if self.buffered < self._need:
-                return []
+            if self.buffered < self._need and self.state is not State.PREAMBLE:
+                return []  # (a preamble is checked byte by byte, so a wrong one fails at once)
             data = b"".join(self._pending)
             self._pending = []
             self.buffered = 0
@@ -383,6 +383,9 @@ class Connection:
             self.last_received_id = last_id
             if not self._frame_allowed(ftype, events):
                 return
+            if length < 1:  # no room for its own type byte
+                self._violation(events, ErrorCode.MALFORMED_FRAME, "frame of length 0")
+                return
             if ftype in (_MESSAGE, _ROUTED):
                 fixed = MESSAGE_FIXED if ftype == _MESSAGE else ROUTED_FIXED + MAX_NAME_BYTES
                 if length < MESSAGE_FIXED or (ftype == _ROUTED and length < ROUTED_FIXED + 1):
@@ -399,10 +402,11 @@ class Connection:
                     last_id = self.last_received_id
                     pos = end
                     continue
-                if avail < 14:  # over the size limit: read its id, then skip its body
-                    self._need = 14
+                head = 14 if ftype == _MESSAGE else 15  # up to the id (and name length)
+                if avail < head:  # over the size limit: read its id, then skip its body
+                    self._need = head
                     break
-                if not self._reject_oversized(data, pos, length, events):
+                if not self._reject_oversized(ftype, data, pos, length, events):
                     return
                 last_id = self.last_received_id
                 if end > n:
@@ -487,9 +491,15 @@ class Connection:
             return False
         return True
 
-    def _reject_oversized(self, data: bytes, pos: int, length: int, events: list[Event]) -> bool:
+    def _reject_oversized(
+        self, ftype: int, data: bytes, pos: int, length: int, events: list[Event]
+    ) -> bool:
+        """A MESSAGE or ROUTED over the size limit: rejected and skipped, or (far over
+        it) fatal. Its size is its body's, without a ROUTED frame's name."""
         size = length - MESSAGE_FIXED
-        if length > self.max_message_size * SKIP_FACTOR + MESSAGE_FIXED:
+        if ftype == _ROUTED:
+            size = length - ROUTED_FIXED - data[pos + 14]
+        if size > self.max_message_size * SKIP_FACTOR:
             self._violation(events, ErrorCode.FRAME_TOO_LARGE, f"message of {size} bytes")
             return False
         (msg_id,) = _unpack_u64(data, pos + 5)

@@ -38,6 +38,7 @@ class TextConnection:
         self._partial = bytearray()
         self._discarding = 0  # bytes of an oversized line dropped so far (0: not dropping)
         self._flushed = False  # a pause ended the last line; its late newline is not a line
+        self._cr = False  # the line so far ends with \r (not counted if \n follows)
         self._next_id = 1
         self._out: list[bytes] = []
         self.closed = False
@@ -61,10 +62,13 @@ class TextConnection:
         while True:
             newline = data.find(b"\n", start)
             chunk = data[start:] if newline < 0 else data[start:newline]
+            if chunk:
+                self._cr = chunk.endswith(b"\r")  # maybe the first half of the line's end
+            total = len(self._partial) + len(chunk)
             if self._discarding:
                 self._discarding += len(chunk)
-            elif len(self._partial) + len(chunk) > self.max_message_size:
-                self._discarding = len(self._partial) + len(chunk)
+            elif total > self.max_message_size + self._cr:
+                self._discarding = total
                 self._partial.clear()
             else:
                 self._partial += chunk
@@ -89,12 +93,16 @@ class TextConnection:
         msg_id = self._next_id
         self._next_id += 1
         if self._discarding:
-            size, self._discarding = self._discarding, 0
+            size, self._discarding = self._discarding - self._cr, 0
+            self._cr = False
             return MessageTooLarge(msg_id, size, self.max_message_size)
+        self._cr = False
         raw = bytes(self._partial)
         self._partial.clear()
         if raw.endswith(b"\r"):
             raw = raw[:-1]
+        if len(raw) > self.max_message_size:
+            return MessageTooLarge(msg_id, len(raw), self.max_message_size)
         return Message(msg_id, text_body(raw))
 
     # -- the answers, named as in protocol.Connection ------------------------------------
