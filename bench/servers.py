@@ -162,7 +162,7 @@ async def push(name: str, count: int, size: int) -> None:
     await _server.send_many(name, (body for _ in range(count)), window=_PUSH_WINDOW)
 
 
-def telex_setup(kind: str) -> tuple[Any, Store | None]:
+def telex_setup(kind: str) -> tuple[Any, SQLiteStore | None]:
     """The handler and store of each telex kind.
 
     telex-normal, telex-full: the store, group commit, at that sync level.

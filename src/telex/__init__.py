@@ -19,7 +19,7 @@ A server::
 from ._version import __version__
 from .client.aio import AsyncClient, connect
 from .client.sync import Client
-from .core.events import Ack, AckStatus, ErrorCode, Message
+from .core.events import Ack, AckStatus, ErrorCode, Message, Receipt
 from .core.handlers import Reject
 from .core.limits import Limits
 from .exceptions import (
@@ -51,6 +51,7 @@ __all__ = [
     "Peer",
     "PeerEvent",
     "ProtocolError",
+    "Receipt",
     "Reject",
     "Server",
     "TelexError",

@@ -366,6 +366,7 @@ def test_resent_ids_are_acked_again_with_same_reply_not_handled_or_stored_twice(
         ok(1, "re:one"),
         ok(2, "re:two"),
         Ack(3, AckStatus.OK, "stored for bob", b"", STORED),
+        Receipt(3, AckStatus.OK, "delivered earlier", b"", DELIVERED),  # bob had it already
         ok(4, "re:four"),
     ]
     assert handler.bodies == ["one", "two", "four"]

@@ -644,11 +644,17 @@ class Broker:
             return True
         self.stats.resent += 1
         reply, msg_id = found.reply, event.id
-        if found.recipient is None:
+        to = found.recipient
+        if to is None:
             self._answer(link, _ack_with(msg_id, reply))
-        else:
-            note = f"stored for {found.recipient}"
-            self._answer(link, _stored_ack(msg_id, note, frames.FLAG_STORED))
+            return False
+        target = self.clients.get(to)
+        away = not found.delivered and (target is None or target.deliveries is None)
+        note = f"stored for {to}" + (", who is not connected" if away else "")
+        flags = frames.FLAG_STORED | (frames.FLAG_AWAY if away else 0)
+        self._answer(link, _stored_ack(msg_id, note, flags))
+        if found.delivered:  # its receipt may have been lost with the old connection
+            self._answer(link, partial_receipt(msg_id, AckStatus.OK, "delivered earlier", b""))
         return False
 
     def _find(self, link: Link, session: str) -> None:

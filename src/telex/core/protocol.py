@@ -11,7 +11,6 @@ returns a final ``ProtocolViolation`` event, and ignores whatever arrives after 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from struct import Struct
 from typing import Any
@@ -20,32 +19,25 @@ from . import frames
 from .events import (
     Ack,
     AckStatus,
-    Auth,
     Body,
-    Challenge,
     ErrorCode,
     Event,
-    Goodbye,
-    Hello,
     Message,
     MessageTooLarge,
-    PeerError,
-    Ping,
-    Pong,
     ProtocolViolation,
-    Receipt,
-    Welcome,
 )
 from .frames import (
     ACK_FIXED,
     ANSWER_FLAGS,
     CONTROL_FRAME_LIMIT,
     FLAG_TEXT,
+    MAX_NAME_BYTES,
     MESSAGE_FIXED,
     PREAMBLE,
     ROUTED_FIXED,
     SKIP_FACTOR,
     FrameType,
+    valid_name,
 )
 from .state import RECEIVES, Role, State, next_state
 
@@ -59,24 +51,12 @@ __all__ = [
 ]
 
 DEFAULT_MAX_MESSAGE_SIZE = 1024 * 1024
-MAX_NAME_LENGTH = 32
-MAX_NAME_BYTES = 4 * MAX_NAME_LENGTH
-_NAME_PUNCTUATION = frozenset("._-")
-
-
-def valid_name(name: str) -> bool:
-    """A client name: 1 to 32 letters, digits, dots, dashes or underscores."""
-    return 0 < len(name) <= MAX_NAME_LENGTH and all(
-        c.isalnum() or c in _NAME_PUNCTUATION for c in name
-    )
 
 
 _unpack_header = frames.HEADER.unpack_from
 _unpack_id_flags = Struct(">QB").unpack_from
 _unpack_message_head = frames.MESSAGE_HEAD.unpack_from
 _unpack_ack_head = frames.ACK_HEAD.unpack_from
-_unpack_ack = Struct(">QBBH").unpack_from
-_unpack_u16 = Struct(">H").unpack_from
 _unpack_u64 = Struct(">Q").unpack_from
 _pack_ack_head = frames.ACK_HEAD.pack
 _MESSAGE = int(FrameType.MESSAGE)
@@ -387,11 +367,19 @@ class Connection:
                 self._violation(events, ErrorCode.MALFORMED_FRAME, "frame of length 0")
                 return
             if ftype in (_MESSAGE, _ROUTED):
-                fixed = MESSAGE_FIXED if ftype == _MESSAGE else ROUTED_FIXED + MAX_NAME_BYTES
                 if length < MESSAGE_FIXED or (ftype == _ROUTED and length < ROUTED_FIXED + 1):
                     self._violation(events, ErrorCode.MALFORMED_FRAME, "MESSAGE frame too short")
                     return
-                if length <= self.max_message_size + fixed:
+                size = length - MESSAGE_FIXED  # of the body: judged first, then the name
+                if ftype == _ROUTED:
+                    if avail < 15:  # up to the name's length
+                        self._need = 15
+                        break
+                    size = length - ROUTED_FIXED - data[pos + 14]
+                    if 0 <= size <= self.max_message_size and data[pos + 14] > MAX_NAME_BYTES:
+                        self._long_name(data, pos, events)
+                        return
+                if size <= self.max_message_size:
                     if end > n:
                         self._need = 4 + length
                         break
@@ -406,7 +394,7 @@ class Connection:
                 if avail < head:  # over the size limit: read its id, then skip its body
                     self._need = head
                     break
-                if not self._reject_oversized(ftype, data, pos, length, events):
+                if not self._reject_oversized(data, pos, size, events):
                     return
                 last_id = self.last_received_id
                 if end > n:
@@ -419,6 +407,8 @@ class Connection:
             answer = ftype in (FrameType.ACK, FrameType.RECEIPT)
             limit = self.max_message_size + 2048 if answer else CONTROL_FRAME_LIMIT
             if length > limit:
+                if ftype == FrameType.ERROR:
+                    self.error_done = True  # an ERROR is never answered with one
                 self._violation(
                     events,
                     ErrorCode.FRAME_TOO_LARGE,
@@ -439,8 +429,9 @@ class Connection:
 
     def _checked_message(
         self, ftype: int, data: bytes, pos: int, end: int, events: list[Event]
-    ) -> Message | MessageTooLarge | None:
-        """A whole MESSAGE or ROUTED frame the fast path passed over, checked field by field."""
+    ) -> Message | None:
+        """A whole MESSAGE or ROUTED frame, within the size limit, that the fast path passed
+        over, checked field by field."""
         msg_id, flags = _unpack_id_flags(data, pos + 5)
         if msg_id <= self.last_received_id:
             self._violation(events, ErrorCode.ID_NOT_INCREASING, f"message id {msg_id} repeated")
@@ -455,9 +446,6 @@ class Connection:
                     return None
                 name = data[start + 1 : name_end].decode()
                 start = name_end
-                if end - start > self.max_message_size:
-                    self.last_received_id = msg_id
-                    return MessageTooLarge(msg_id, end - start, self.max_message_size)
                 if not valid_name(name):
                     self._violation(events, ErrorCode.INVALID_NAME, f"invalid name {name!r}")
                     return None
@@ -491,14 +479,17 @@ class Connection:
             return False
         return True
 
-    def _reject_oversized(
-        self, ftype: int, data: bytes, pos: int, length: int, events: list[Event]
-    ) -> bool:
-        """A MESSAGE or ROUTED over the size limit: rejected and skipped, or (far over
-        it) fatal. Its size is its body's, without a ROUTED frame's name."""
-        size = length - MESSAGE_FIXED
-        if ftype == _ROUTED:
-            size = length - ROUTED_FIXED - data[pos + 14]
+    def _long_name(self, data: bytes, pos: int, events: list[Event]) -> None:
+        """A ROUTED whose name cannot be valid (over 128 bytes): refused before it is read."""
+        (msg_id,) = _unpack_u64(data, pos + 5)
+        if msg_id <= self.last_received_id:
+            self._violation(events, ErrorCode.ID_NOT_INCREASING, f"message id {msg_id} repeated")
+        else:
+            self._violation(events, ErrorCode.INVALID_NAME, f"a name of {data[pos + 14]} bytes")
+
+    def _reject_oversized(self, data: bytes, pos: int, size: int, events: list[Event]) -> bool:
+        """A MESSAGE or ROUTED whose body is over the size limit: rejected and skipped,
+        or (far over it) fatal. ``size`` is its body's, without a ROUTED frame's name."""
         if size > self.max_message_size * SKIP_FACTOR:
             self._violation(events, ErrorCode.FRAME_TOO_LARGE, f"message of {size} bytes")
             return False
@@ -513,124 +504,25 @@ class Connection:
         return True
 
     def _control(self, ftype: FrameType, payload: bytes, events: list[Event]) -> bool:
-        """Handle one complete frame other than an in-limit MESSAGE; False if it was bad."""
+        """Decode one complete frame other than an in-limit MESSAGE, and take the state
+        step it brings; False if it was bad (or an ERROR: nothing more is read)."""
         try:
-            if ftype is FrameType.ACK:
-                events.append(self._parse_ack(payload))
-            elif ftype is FrameType.RECEIPT:
-                events.append(Receipt(*self._parse_ack(payload)))
-            elif ftype is FrameType.PING:
-                self._expect_length(payload, 8)
-                events.append(Ping(payload))
-            elif ftype is FrameType.PONG:
-                self._expect_length(payload, 8)
-                events.append(Pong(payload))
-            elif ftype is FrameType.GOODBYE:
-                events.append(Goodbye(payload.decode()))
-                self.state = State.DRAINING
-                self._accepting = False  # a MESSAGE now takes the checked path, and fails
-            elif ftype is FrameType.ERROR:
-                if len(payload) < 2:
-                    raise _Malformed("ERROR frame too short")
-                (code,) = _unpack_u16(payload, 0)
-                events.append(PeerError(code, payload[2:].decode()))
-                self.error_done = True  # never answer an ERROR with one
-                self._close()
-                return False
-            elif ftype is FrameType.HELLO:
-                events.append(self._parse_hello(payload))
-            elif ftype is FrameType.CHALLENGE:
-                challenge = self._load_json(payload, "CHALLENGE", versioned=False)
-                events.append(
-                    Challenge(_hex(challenge, "challenge", 16, 64), _hex(challenge, "salt", 0, 64))
-                )
-            elif ftype is FrameType.AUTH:
-                answer = self._load_json(payload, "AUTH", versioned=False)
-                events.append(Auth(_hex(answer, "answer", 32, 32)))
-            else:  # WELCOME
-                events.append(self._parse_welcome(payload))
-        except UnicodeDecodeError:
-            self._violation(events, ErrorCode.INVALID_UTF8, f"{ftype.name} text not UTF-8")
+            event = _DECODERS[ftype](payload)
+        except frames.BadFrame as exc:
+            if ftype is FrameType.ERROR:  # the peer is closing anyway: never answer it
+                self.error_done = True
+            self._violation(events, exc.code, exc.reason)
             return False
-        except _Malformed as exc:
-            self._violation(events, ErrorCode.MALFORMED_FRAME, str(exc))
-            return False
-        except _Unsupported as exc:
-            self._violation(events, ErrorCode.UNSUPPORTED_VERSION, str(exc))
-            return False
-        except _BadName as exc:
-            self._violation(events, ErrorCode.INVALID_NAME, str(exc))
+        events.append(event)
+        if ftype is FrameType.GOODBYE or ftype is FrameType.HELLO or ftype is FrameType.WELCOME:
+            needs_auth = self.requires_auth
+            self.state = next_state(self.role, self.state, ftype, needs_auth=needs_auth)
+            self._accepting = self.state is State.OPEN  # with a token: nothing but AUTH yet
+        elif ftype is FrameType.ERROR:
+            self.error_done = True  # never answer an ERROR with one
+            self._close()
             return False
         return True
-
-    @staticmethod
-    def _expect_length(payload: bytes, size: int) -> None:
-        if len(payload) != size:
-            raise _Malformed(f"expected {size} bytes of payload, got {len(payload)}")
-
-    def _parse_ack(self, payload: bytes) -> Ack:
-        if len(payload) < ACK_FIXED - 1:
-            raise _Malformed("ACK frame too short")
-        msg_id, status, flags, reason_len = _unpack_ack(payload, 0)
-        start = ACK_FIXED - 1
-        if start + reason_len > len(payload):
-            raise _Malformed("ACK reason longer than its frame")
-        reason = payload[start : start + reason_len].decode()
-        raw_reply = payload[start + reason_len :]
-        reply: Body = raw_reply.decode() if flags & FLAG_TEXT else raw_reply
-        return Ack(msg_id, status, reason, reply, flags & ANSWER_FLAGS)
-
-    def _load_json(self, payload: bytes, what: str, *, versioned: bool = True) -> dict[str, Any]:
-        try:
-            obj = json.loads(payload.decode())
-        except (ValueError, RecursionError) as exc:  # bad JSON, bad UTF-8, or nested too deep
-            raise _Malformed(f"{what} is not a JSON object") from exc
-        if not isinstance(obj, dict):
-            raise _Malformed(f"{what} is not a JSON object")
-        if not versioned:
-            return obj
-        version = obj.get("version")
-        if type(version) is not int or version != frames.PROTOCOL_VERSION:
-            raise _Unsupported(
-                f"protocol version {version!r} not supported (this side speaks "
-                f"{frames.PROTOCOL_VERSION})"
-            )
-        return obj
-
-    def _parse_hello(self, payload: bytes) -> Hello:
-        obj = self._load_json(payload, "HELLO")
-        name = obj.get("name")
-        agent = obj.get("agent", "")
-        if not (name is None or isinstance(name, str)) or not isinstance(agent, str):
-            raise _Malformed("HELLO fields have the wrong types")
-        session = obj.get("session")
-        if not (session is None or (isinstance(session, str) and 0 < len(session) <= 64)):
-            raise _Malformed("HELLO session must be a string of 1 to 64 characters")
-        if name is not None and not valid_name(name):
-            raise _BadName(
-                f"invalid name {name[:40]!r}: use 1 to {MAX_NAME_LENGTH} letters, digits, . _ -"
-            )
-        self.state = next_state(
-            self.role, self.state, FrameType.HELLO, needs_auth=self.requires_auth
-        )
-        self._accepting = self.state is State.OPEN  # with a token: nothing but AUTH yet
-        return Hello(frames.PROTOCOL_VERSION, name, agent, session)
-
-    def _parse_welcome(self, payload: bytes) -> Welcome:
-        obj = self._load_json(payload, "WELCOME")
-        agent = obj.get("agent", "")
-        limits = obj.get("limits", {})
-        name = obj.get("name")
-        if (
-            not isinstance(agent, str)
-            or not isinstance(limits, dict)
-            or not (name is None or isinstance(name, str))
-        ):
-            raise _Malformed("WELCOME fields have the wrong types")
-        self.state = State.OPEN
-        self._accepting = True
-        stable_ids = obj.get("stable_ids") is True
-        return Welcome(frames.PROTOCOL_VERSION, agent, limits, name, stable_ids)
 
     def _violation(self, events: list[Event], code: ErrorCode, reason: str) -> list[Event]:
         """The peer broke the rules: read nothing more, and report it as the last event.
@@ -647,25 +539,16 @@ class Connection:
         self._skip = 0
 
 
-def _hex(obj: dict[str, Any], key: str, least: int, most: int) -> bytes:
-    """A hex field of a JSON frame, of ``least`` to ``most`` bytes."""
-    value = obj.get(key, "")
-    try:
-        raw = bytes.fromhex(value) if isinstance(value, str) else None
-    except ValueError:
-        raw = None
-    if raw is None or not least <= len(raw) <= most:
-        raise _Malformed(f"{key} must be {least} to {most} bytes in hex")
-    return raw
-
-
-class _Malformed(Exception):
-    pass
-
-
-class _Unsupported(Exception):
-    pass
-
-
-class _BadName(Exception):
-    pass
+_DECODERS: dict[FrameType, Callable[[bytes], Event]] = {
+    FrameType.ACK: frames.decode_ack,
+    FrameType.RECEIPT: frames.decode_receipt,
+    FrameType.PING: frames.decode_ping,
+    FrameType.PONG: frames.decode_pong,
+    FrameType.GOODBYE: frames.decode_goodbye,
+    FrameType.ERROR: frames.decode_error,
+    FrameType.HELLO: frames.decode_hello,
+    FrameType.WELCOME: frames.decode_welcome,
+    FrameType.CHALLENGE: frames.decode_challenge,
+    FrameType.AUTH: frames.decode_auth,
+}
+"""Each frame type's decoder (in frames.py, beside its encoder)."""

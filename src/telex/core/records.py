@@ -92,10 +92,11 @@ class SessionState:
 @dataclass(frozen=True, slots=True)
 class Found:
     """A message already stored: the reply it was acknowledged with; ``recipient`` set
-    when it was for another client."""
+    when it was for another client, and ``delivered`` once that client acknowledged it."""
 
     reply: Any
     recipient: str | None = None
+    delivered: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -236,11 +236,12 @@ class SQLiteStore(Store):
 
     def _find(self, session: str, sender_id: int) -> Found | None:
         row = self.db.execute(
-            "SELECT recipient, reply FROM messages WHERE session = ? AND sender_id = ?",
+            "SELECT recipient, reply, recipient IS NOT NULL AND delivered IS NOT NULL "
+            "FROM messages WHERE session = ? AND sender_id = ?",
             (session, sender_id),
         ).fetchone()
         if row is not None:
-            return Found(row[1], row[0])
+            return Found(row[1], row[0], bool(row[2]))
         for _, blob in self.db.execute(
             "SELECT seq, messages FROM segments "
             "WHERE session = ? AND last_id >= ? AND first_id <= ?",
