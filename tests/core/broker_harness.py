@@ -3,8 +3,9 @@
 ``Net`` owns a ``Broker`` and carries out its actions the way ``telex.server`` does,
 but at moments the test chooses:
 
-- ``Flush``: the link's bytes go to its client (a framed client parses them with its
-  own ``Connection(Role.CLIENT)``; a text client collects the lines).
+- dirty links (``broker.take_dirty()``): the link's bytes go to its client (a framed
+  client parses them with its own ``Connection(Role.CLIENT)``; a text client collects
+  the lines).
 - ``Close``: the link's last bytes go out, the client is marked closed, and the broker
   hears ``connection_lost`` once the actions of that round are done (as asyncio calls
   it a loop turn after ``transport.close()``).
@@ -33,7 +34,6 @@ from telex.core.broker import (
     Commit,
     Delivered,
     Find,
-    Flush,
     Gate,
     Link,
     Load,
@@ -247,6 +247,8 @@ class Net:
         the end of each round when ``auto_commit`` is on)."""
         broker = self.broker
         while True:
+            for link in broker.take_dirty():
+                self._flush(link)
             actions = broker.take_actions()
             if not actions:
                 wanted = self.auto_commit and self.commit_asked and self.committing is None
@@ -262,8 +264,6 @@ class Net:
     def _carry_out(self, action: Any, lost: list[Link]) -> None:
         broker = self.broker
         match action:
-            case Flush(link):
-                self._flush(link)
             case Close(link, reason):
                 self._flush(link)
                 endpoint = self.endpoints[link]

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from telex.core import frames
-from telex.core.broker import Broker, Close, Find, Flush, Link, Load, Peer
+from telex.core.broker import Broker, Close, Find, Link, Load, Peer
 from telex.core.events import AckStatus, ErrorCode, ProtocolViolation
 from telex.core.frames import PREAMBLE, FrameType
 from telex.core.limits import Limits
@@ -255,6 +255,10 @@ class _Server:
     def _run(self) -> None:
         broker = self.broker
         while True:
+            for link in broker.take_dirty():
+                link.dirty = False
+                if link.proto is not None and not self.closed:
+                    self.out += link.proto.data_to_send()
             actions = broker.take_actions()
             if not actions:
                 batch = broker.take_batch()  # the end of the loop turn: commit
@@ -264,7 +268,7 @@ class _Server:
                 continue
             for action in actions:
                 match action:
-                    case Flush(link) | Close(link):
+                    case Close(link):
                         link.dirty = False
                         if link.proto is not None and not self.closed:
                             self.out += link.proto.data_to_send()

@@ -9,8 +9,8 @@ fills the slots and in whatever order they are filled; an ERROR or GOODBYE goes 
 
 Nothing here touches a socket, a thread, a clock or a file. The server calls the
 broker (``receive_data``, ``committed``, ``handled`` ...) and then carries out its
-``actions``: write a link's bytes, close it, commit a batch to the store, look
-something up, run an async handler, report a notice.
+``actions`` (close a link, commit a batch to the store, look something up, run an
+async handler, report a notice) and writes the bytes of every link in ``dirty``.
 """
 
 from __future__ import annotations
@@ -47,7 +47,6 @@ __all__ = [
     "Commit",
     "Delivered",
     "Find",
-    "Flush",
     "Gate",
     "Handler",
     "Link",
@@ -62,7 +61,8 @@ __all__ = [
 ]
 
 Reply = Body | None
-Handler = Callable[[Message, "Peer"], Reply] | Callable[[Message, "Peer"], Awaitable[Reply]]
+SyncHandler = Callable[[Message, "Peer"], Reply]
+Handler = SyncHandler | Callable[[Message, "Peer"], Awaitable[Reply]]
 OnAnswer = Callable[[Ack], None]
 
 HELD_HIGH = 10_000
@@ -200,13 +200,6 @@ class Link:
 
 
 @dataclass(frozen=True, slots=True)
-class Flush:
-    """Write what the link's core has queued."""
-
-    link: Link
-
-
-@dataclass(frozen=True, slots=True)
 class Close:
     """Write what is queued, then close the connection."""
 
@@ -277,9 +270,7 @@ class Delivered:
     ack: Ack
 
 
-Action = (
-    Flush | Close | Commit | Load | Find | RunHandler | Pause | RefuseLogin | Notice | Delivered
-)
+Action = Close | Commit | Load | Find | RunHandler | Pause | RefuseLogin | Notice | Delivered
 
 _SYNC_TAG = object()
 
@@ -309,6 +300,7 @@ class Broker:
     ) -> None:
         self.handler = handler
         self.handler_is_async = handler_is_async
+        self._sync_handler = cast(SyncHandler, handler)
         self.stored = stored
         self.gate = gate
         self.max_message_size = max_message_size
@@ -319,6 +311,7 @@ class Broker:
         self.sessions: dict[str, Link] = {}  # framed clients, by session
         self.stats = Stats()
         self.actions: list[Action] = []
+        self.dirty: list[Link] = []  # links whose core has bytes to write
         self.closing = False
         self._guests = 0
         self._batch = Batch()
@@ -428,32 +421,47 @@ class Broker:
         else:
             # The hot path: a sync handler, no store. While no earlier answer waits,
             # each message is answered as it is handled.
-            handler = cast(Callable[[Message, Peer], Reply], self.handler)
+            handler = self._sync_handler
             peer = link.peer
             answers = link.answers
+            waiting = bool(answers)  # an earlier answer waits: the rest queue behind it
             send_ack = proto.send_ack
+            outgoing = link.outgoing
             accepted = 0
+            answered = False
             for event in events:
-                if type(event) is Message and event.to is None:
-                    try:
-                        reply = handler(event, peer)
-                    except Exception as exc:
-                        self._handler_failed(link, event, exc)
+                if type(event) is Message:
+                    if event.to is None:
+                        try:
+                            reply = handler(event, peer)
+                        except Exception as exc:
+                            self._handler_failed(link, event, exc)
+                            waiting = bool(answers)
+                            continue
+                        if waiting:
+                            self._answer(link, _ack_with(event.id, reply))
+                        else:
+                            send_ack(event.id, b"" if reply is None else reply)
+                        accepted += 1
                         continue
-                    if answers:
-                        self._answer(link, _ack_with(event.id, reply))
-                    else:
-                        send_ack(event.id, b"" if reply is None else reply)
-                    accepted += 1
-                elif not self._other(link, event, events):
+                elif type(event) is Ack:  # a client's answer to what the server sent it
+                    answered = True
+                    on_answer = outgoing.pop(event.id, None)
+                    if on_answer is not None:
+                        on_answer(event)
+                    continue
+                if not self._other(link, event, events):
                     break
+                waiting = bool(answers)
             self.stats.accepted += accepted
+            if answered and link.ending and not outgoing:
+                self._settle(link)
         self._touch(link)
 
     def _handle_stored(self, link: Link, events: list[Event]) -> None:
         """With a store: the messages of one read are stored together (one Inbound) and
         each is acknowledged once they are."""
-        handler = cast(Callable[[Message, Peer], Reply], self.handler)
+        handler = self._sync_handler
         peer = link.peer
         items: list[Item] = []
         append = items.append
@@ -911,6 +919,21 @@ class Broker:
         link.outgoing[sent_id] = on_answer
         self._touch(link)
 
+    def push(self, link: Link, bodies: Iterable[Body], on_answer: OnAnswer) -> int:
+        """Send the server's own messages to an open client without a store: the fast
+        way (``Server.send_many``). Returns how many went; none if it cannot take them."""
+        proto = link.proto
+        if link.deliveries is None or not link.open or not isinstance(proto, Connection):
+            return 0
+        send_message = proto.send_message
+        outgoing = link.outgoing
+        count = 0
+        for body in bodies:
+            outgoing[send_message(body)] = on_answer
+            count += 1
+        self._touch(link)
+        return count
+
     def send(self, name: str, body: Body, on_answer: OnAnswer) -> None:
         """The server sends ``body`` to client ``name``; ``on_answer`` gets the outcome:
         the client's ack (flagged delivered), or with a store the ack of the store
@@ -1119,9 +1142,15 @@ class Broker:
         return link.peer.name or link.peer.address
 
     def _touch(self, link: Link) -> None:
+        """The link's core has bytes to write: the server writes them after this call."""
         if not link.dirty:
             link.dirty = True
-            self.actions.append(Flush(link))
+            self.dirty.append(link)
+
+    def take_dirty(self) -> list[Link]:
+        """The links with bytes to write, each once (clear ``link.dirty`` as you write)."""
+        dirty, self.dirty = self.dirty, []
+        return dirty
 
     def _close(self, link: Link, reason: str) -> None:
         self.actions.append(Close(link, reason))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import itertools
 import logging
 import time
 from collections import deque
@@ -27,7 +28,6 @@ from ..core.broker import (
     Commit,
     Delivered,
     Find,
-    Flush,
     Handler,
     Link,
     Load,
@@ -223,11 +223,11 @@ class Server:
     def run_actions(self) -> None:
         """Carry out what the broker asked for, until it asks for nothing more."""
         broker = self.broker
-        while broker.actions:
+        while broker.dirty or broker.actions:
+            for link in broker.take_dirty():
+                link.io.flush()
             for action in broker.take_actions():
                 match action:
-                    case Flush(link):
-                        link.io.flush()
                     case Close(link):
                         link.io.close()
                     case Commit():
@@ -389,19 +389,17 @@ class Server:
                 room.set()
 
         gone = Ack(0, AckStatus.NOT_DELIVERED, f"no client named {name!r} is connected")
+        pending = iter(bodies)
         try:
-            for body in bodies:
+            while batch := list(itertools.islice(pending, window - waiting)):
+                sent = 0 if target is None else broker.push(target, batch, answered)
+                acks += [gone] * (len(batch) - sent)  # it left (or was never there)
+                waiting += sent
+                self.run_actions()
                 if waiting >= window:
                     room.clear()
-                    self.run_actions()
                     async with asyncio.timeout(timeout):
                         await room.wait()
-                if target is None or target not in broker.links:
-                    acks.append(gone)
-                    continue
-                broker.deliver(target, body, None, answered)
-                waiting += 1
-            self.run_actions()
             async with asyncio.timeout(timeout):
                 while waiting:
                     room.clear()
