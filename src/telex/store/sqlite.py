@@ -19,6 +19,7 @@ knows nothing of the protocol: it takes and gives the records of ``telex.core.re
 from __future__ import annotations
 
 import collections
+import contextlib
 import heapq
 import sqlite3
 import struct
@@ -368,7 +369,13 @@ class _Transaction:
             try:
                 self.db.execute("COMMIT")
             except sqlite3.Error:
-                self.db.execute("ROLLBACK")
+                self._rollback()  # the COMMIT's error is the one to tell (a full disk)
                 raise
         else:
-            self.db.execute("ROLLBACK")
+            self._rollback()
+
+    def _rollback(self) -> None:
+        """Roll back what is left; SQLite may have rolled back already (a full disk)."""
+        if self.db.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                self.db.execute("ROLLBACK")
