@@ -334,3 +334,24 @@ async def test_goodbye_from_the_client_is_answered_with_goodbye(plain: Server) -
     events = await raw.rest()
     assert kinds(events) == ["WELCOME", "ACK 1", "GOODBYE"]
     assert isinstance(events[-1], Goodbye)
+
+
+async def test_an_id_too_large_to_store_is_refused_alone(stored: Server) -> None:
+    """A hostile id (legal on the wire, above SQL's integers) is refused on its own; the
+    messages around it, and another client's, are stored and acknowledged."""
+    async with telex.connect("127.0.0.1", stored.port, name="bystander") as bystander:
+        raw = await Raw.open(stored.port)
+        huge = frames.message(2**63, b"huge", 0)
+        await raw.write(PREAMBLE + hello() + text(1, "before") + huge)
+        assert (await bystander.send("still fine")).ok
+        events = await raw.until(3)
+        assert kinds(events) == ["WELCOME", "ACK 1", "ACK 9223372036854775808"]
+        refused = events[2]
+        assert (
+            isinstance(refused, Ack)
+            and refused.status == 2
+            and "cannot be stored" in refused.reason
+        )
+        raw.close()
+    bodies = sorted(r.body for r in stored.store.records())  # type: ignore[union-attr]
+    assert bodies == ["before", "still fine"]

@@ -65,6 +65,11 @@ SyncHandler = Callable[[Message, "Peer"], Reply]
 Handler = SyncHandler | Callable[[Message, "Peer"], Awaitable[Reply]]
 OnAnswer = Callable[[Ack], None]
 
+MAX_STORED_ID = 2**63 - 1
+"""The largest message id a store keeps (SQL integers are signed 64-bit); a larger one,
+legal on the wire, is refused by a server with a store, alone, with a reason."""
+UNSTORABLE = f"message ids above {MAX_STORED_ID} cannot be stored"
+
 HELD_HIGH = 10_000
 """Events or handler jobs waiting on one link before the server stops reading from it."""
 HELD_LOW = 1_000
@@ -467,6 +472,11 @@ class Broker:
         append = items.append
         for event in events:
             if type(event) is Message:
+                if event.id > MAX_STORED_ID:
+                    items = self._stage(link, items)
+                    append = items.append
+                    self._reject(link, event.id, AckStatus.REFUSED, UNSTORABLE)
+                    continue
                 if event.id <= link.max_stored and link.peer.session is not None:
                     items = self._stage(link, items)
                     append = items.append
@@ -494,6 +504,9 @@ class Broker:
     def _handle_async(self, link: Link, events: list[Event]) -> None:
         for event in events:
             if type(event) is Message:
+                if self.stored and event.id > MAX_STORED_ID:
+                    self._reject(link, event.id, AckStatus.REFUSED, UNSTORABLE)
+                    continue
                 if (
                     self.stored
                     and event.id <= link.max_stored
