@@ -860,6 +860,10 @@ class Broker:
     def _route_stored(self, link: Link, slot: Slot, event: Message, to: str) -> None:
         session, msg_id, sender = link.peer.session, event.id, link.peer.name
         body = event.body
+        if msg_id > MAX_STORED_ID:
+            self.stats.rejected += 1
+            self._fill(link, slot, _rejection(msg_id, AckStatus.REFUSED, UNSTORABLE))
+            return
 
         def stored(seq: int | None, error: str) -> None:
             if seq is None:
