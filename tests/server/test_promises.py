@@ -33,8 +33,10 @@ from telex.core.events import (
 )
 from telex.core.frames import PREAMBLE, FrameType
 from telex.core.protocol import Connection, Role
+from telex.core.records import Batch, Committed
 from telex.security import Users
 from telex.server import Peer, Server
+from telex.store import SQLiteStore, StoreError
 
 from ..conftest import TIMEOUT, read_until_closed, wait_until
 
@@ -355,3 +357,29 @@ async def test_an_id_too_large_to_store_is_refused_alone(stored: Server) -> None
         raw.close()
     bodies = sorted(r.body for r in stored.store.records())  # type: ignore[union-attr]
     assert bodies == ["before", "still fine"]
+
+
+class PickyStore(SQLiteStore):
+    """A store that cannot keep one particular body, as a driver may refuse one value."""
+
+    def commit(self, batch: Batch, now: float) -> Committed:
+        if any(envelope.body == "poison" for envelope in batch.envelopes):
+            raise StoreError("this body cannot be stored")
+        return super().commit(batch, now)
+
+
+async def test_a_part_that_cannot_be_stored_is_refused_alone(tmp_path: Path) -> None:
+    """One read makes three parts of one commit; the store refuses one: that message gets
+    status 4 with the store's reason, the others are stored and acknowledged."""
+    store = PickyStore(tmp_path / "t.db")
+    async with Server(port=0, store=store) as server:
+        raw = await Raw.open(server.port)
+        routed = frames.routed(2, b"bob", b"poison", frames.FLAG_TEXT)
+        await raw.write(PREAMBLE + hello() + text(1, "one") + routed + text(3, "three"))
+        events = await raw.until(4)
+        assert kinds(events) == ["WELCOME", "ACK 1", "ACK 2", "ACK 3"]
+        assert [e.status for e in events[1:]] == [0, 4, 0]  # type: ignore[union-attr]
+        assert "this body cannot be stored" in events[2].reason  # type: ignore[union-attr]
+        raw.close()
+    assert sorted(r.body for r in store.records()) == ["one", "three"]
+    store.close()

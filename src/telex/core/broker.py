@@ -16,7 +16,7 @@ async handler, report a notice) and writes the bytes of every link in ``dirty``.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, cast
 
@@ -750,33 +750,40 @@ class Broker:
 
     def committed(self, result: Committed) -> None:
         """The batch is stored: acknowledge each message in it, in each link's order."""
-        thens = self._committing
-        assert thens is not None
-        self._committing = None
-        self.stats.commits += 1
-        for link, slot, items in thens.inbound:
-            if items[-1][0] > link.max_stored:
-                link.max_stored = items[-1][0]
-            self.stats.accepted += len(items)
-            self._fill(link, slot, _acks(items))
-        for then, seq in zip(thens.envelopes, result.envelopes, strict=True):
-            then(seq, "")
-        self._settle_sessions(thens.sessions)
-        if self._batch:
-            self._want_commit()
+        self.stored_parts(result.inbound, result.envelopes)
 
     def commit_failed(self, reason: str) -> None:
         """The batch could not be stored: none of it is acknowledged; each is refused."""
         thens = self._committing
         assert thens is not None
+        self.stored_parts([reason] * len(thens.inbound), [reason] * len(thens.envelopes))
+
+    def stored_parts(self, inbound: Sequence[int | str], envelopes: Sequence[int | str]) -> None:
+        """The batch's outcome part by part: for each Inbound and each Envelope, the seq it
+        was stored under, or the reason it was not (then it is refused, never acked).
+        A server stores a failed batch again part by part, so that one part's fault
+        (a bad value, a full disk for a large body) refuses that part alone."""
+        thens = self._committing
+        assert thens is not None
         self._committing = None
-        self.stats.commit_failures += 1
-        error = f"the server could not store it ({reason})"
-        for link, slot, items in thens.inbound:
-            self.stats.rejected += len(items)
-            self._fill(link, slot, _unavailable(items, error))
-        for then in thens.envelopes:
-            then(None, error)
+        if all(isinstance(seq, int) for seq in [*inbound, *envelopes]):
+            self.stats.commits += 1
+        else:
+            self.stats.commit_failures += 1
+        for (link, slot, items), seq in zip(thens.inbound, inbound, strict=True):
+            if isinstance(seq, str):
+                self.stats.rejected += len(items)
+                self._fill(link, slot, _unavailable(items, _could_not_store(seq)))
+                continue
+            if items[-1][0] > link.max_stored:
+                link.max_stored = items[-1][0]
+            self.stats.accepted += len(items)
+            self._fill(link, slot, _acks(items))
+        for then, seq in zip(thens.envelopes, envelopes, strict=True):
+            if isinstance(seq, str):
+                then(None, _could_not_store(seq))
+            else:
+                then(seq, "")
         self._settle_sessions(thens.sessions)
         if self._batch:
             self._want_commit()
@@ -1216,6 +1223,10 @@ def _answer_with(msg_id: int, ack: Ack, flags: int) -> Callable[[Any], None]:
 
 def partial_receipt(msg_id: int, status: int, reason: str, reply: Body) -> Callable[[Any], None]:
     return lambda proto: proto.send_receipt(msg_id, status, reason, reply)
+
+
+def _could_not_store(reason: str) -> str:
+    return f"the server could not store it ({reason})"
 
 
 def _rejection(msg_id: int, status: int, reason: str) -> Callable[[Any], None]:

@@ -41,7 +41,7 @@ from ..core.broker import (
 from ..core.events import Ack, AckStatus, Body, ErrorCode, Message
 from ..core.handlers import Reject, is_async
 from ..core.limits import Limits
-from ..core.records import Committed, Found
+from ..core.records import Batch, Found
 from ..exceptions import MessageRejected, TelexTimeout
 from ..security import TokenGate, Users
 from ..store.base import Store, StoreError, open_store
@@ -64,6 +64,10 @@ TEXT_PAUSE = 0.2
 """Seconds of quiet after which a text peer's unfinished line counts as a message."""
 
 log = logging.getLogger("telex.server")
+
+Outcome = tuple[list[int | str], list[int | str], str]
+"""What storing a batch came to: each Inbound's and Envelope's seq (or the reason it
+was not stored), and the whole batch's error (empty: stored in one transaction)."""
 
 
 def default_handler(message: Message, peer: Peer) -> str:
@@ -256,24 +260,47 @@ class Server:
         """Store what the broker collected this loop turn, on the store thread."""
         self._commit_scheduled = False
         batch = self.broker.take_batch()
-        if batch is None or self.store is None or self._store_thread is None:
+        if batch is None or self._store_thread is None:
             return
-        future = self._store_thread.submit(self.store.commit, batch, time.time())
+        future = self._store_thread.submit(self._store_batch, batch, time.time())
         loop = asyncio.get_running_loop()
         future.add_done_callback(lambda done: loop.call_soon_threadsafe(self._committed, done))
 
-    def _committed(self, future: Future[Committed]) -> None:
+    def _store_batch(
+        self, batch: Batch, now: float
+    ) -> tuple[list[int | str], list[int | str], str]:
+        """On the store thread: the batch in one transaction; if that fails, each part in
+        its own, so that one part's fault refuses that part alone. Returns each part's
+        seq or reason, and the whole batch's error (empty if it was stored at once)."""
+        assert self.store is not None
         try:
-            result = future.result()
+            result = self.store.commit(batch, now)
         except Exception as exc:  # StoreError, or anything a driver raises
-            error = str(exc) if isinstance(exc, StoreError) else f"{type(exc).__name__}: {exc}"
-            if error != self._last_store_error:
-                log.error("store: %s: nothing is acknowledged until it can write again", error)
-            self._last_store_error = error
-            self.broker.commit_failed(error)
+            error = _reason(exc)
         else:
-            self._last_store_error = ""
-            self.broker.committed(result)
+            return list(result.inbound), list(result.envelopes), ""
+        if len(batch.inbound) + len(batch.envelopes) + bool(batch.delivered) == 1:
+            return [error] * len(batch.inbound), [error] * len(batch.envelopes), error
+        inbound = [self._store_part(Batch(inbound=[part]), now) for part in batch.inbound]
+        envelopes = [self._store_part(Batch(envelopes=[part]), now) for part in batch.envelopes]
+        if batch.delivered:  # if these fail, the messages are delivered again later
+            self._store_part(Batch(delivered=batch.delivered), now)
+        return inbound, envelopes, error
+
+    def _store_part(self, part: Batch, now: float) -> int | str:
+        assert self.store is not None
+        try:
+            result = self.store.commit(part, now)
+        except Exception as exc:
+            return _reason(exc)
+        return (result.inbound or result.envelopes or [0])[0]
+
+    def _committed(self, future: Future[Outcome]) -> None:
+        inbound, envelopes, error = future.result()
+        if error and error != self._last_store_error:
+            log.error("store: %s: what it could not store is refused, never acknowledged", error)
+        self._last_store_error = error
+        self.broker.stored_parts(inbound, envelopes)
         self.run_actions()
 
     def _on_store(
@@ -491,3 +518,7 @@ class Server:
 
 def _found(broker: Broker, link: Link, ids: tuple[int, ...], found: dict[int, Found]) -> None:
     broker.found(link, found, ids)
+
+
+def _reason(exc: Exception) -> str:
+    return str(exc) if isinstance(exc, StoreError) else f"{type(exc).__name__}: {exc}"
