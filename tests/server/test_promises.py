@@ -383,3 +383,22 @@ async def test_a_part_that_cannot_be_stored_is_refused_alone(tmp_path: Path) -> 
         raw.close()
     assert sorted(r.body for r in store.records()) == ["one", "three"]
     store.close()
+
+
+@pytest.mark.parametrize("store", [False, True], ids=["no store", "store"])
+async def test_a_reply_of_the_wrong_type_fails_that_message_alone(
+    tmp_path: Path, store: bool
+) -> None:
+    def handler(message: Message, peer: Peer) -> str:
+        if message.body == "bad":
+            return 3  # type: ignore[return-value]
+        return "fine"
+
+    async with (
+        Server(handler, port=0, store=tmp_path / "t.db" if store else None) as server,
+        telex.connect("127.0.0.1", server.port, name="alice") as alice,
+        telex.connect("127.0.0.1", server.port, name="bob") as bob,
+    ):
+        acks = await alice.send_many(["one", "bad", "three"])
+        assert [ack.status for ack in acks] == [0, 3, 0]
+        assert (await bob.send("unaffected")).reply == "fine"

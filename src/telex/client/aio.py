@@ -41,7 +41,7 @@ from ..core.events import (
     Receipt,
     Welcome,
 )
-from ..core.handlers import Reject, is_async, rejection_for
+from ..core.handlers import Reject, is_async, rejection_for, reply_body
 from ..core.protocol import DEFAULT_MAX_MESSAGE_SIZE, Connection, Role
 from ..core.session import ClientSession
 from ..exceptions import (
@@ -465,7 +465,13 @@ class AsyncClient:
                 self._acknowledge(conn, message.id, reply)
 
     def _acknowledge(self, conn: Connection, msg_id: int, reply: Reply) -> None:
-        conn.send_ack(msg_id, b"" if reply is None else reply)
+        try:
+            body = reply_body(reply)
+        except TypeError as exc:
+            log.error("handler failed on message %d", msg_id, exc_info=exc)
+            conn.send_rejection(msg_id, *rejection_for(exc))
+            return
+        conn.send_ack(msg_id, body)
         self._session.took(msg_id)
 
     def _handler_failed(self, conn: Connection, message: Message, exc: Exception) -> None:

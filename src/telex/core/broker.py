@@ -36,7 +36,7 @@ from .events import (
     Ping,
     ProtocolViolation,
 )
-from .handlers import Reject, rejection_for
+from .handlers import Reject, rejection_for, reply_body
 from .protocol import Connection, Role, looks_framed
 from .records import Batch, Committed, Envelope, Found, Inbound, Item, Pending, SessionState
 from .textmode import TextConnection
@@ -168,6 +168,7 @@ class Link:
         "peer",
         "peer_done",
         "proto",
+        "staged",
         "text_login",
     )
 
@@ -186,6 +187,7 @@ class Link:
         self.outgoing_answerable = True  # False once its input ended: no acks can come
         self.deliveries: list[tuple[Body, str | None, OnAnswer, int | None]] | None = []
         self.jobs = 0  # async handler calls not yet answered
+        self.staged = 0  # its messages in batches not yet stored
         self.peer_done = False  # GOODBYE or end of input: no new messages from the peer
         self.ending = ""  # we said (or will say) GOODBYE with this reason
         self.final: tuple[ErrorCode, str] | None = None  # an ERROR to send after the answers
@@ -276,8 +278,6 @@ class Delivered:
 
 
 Action = Close | Commit | Load | Find | RunHandler | Pause | RefuseLogin | Notice | Delivered
-
-_SYNC_TAG = object()
 
 
 @dataclass(slots=True)
@@ -413,7 +413,7 @@ class Broker:
         """Answer every event of one read, in order."""
         if link.held is not None:
             link.held.extend(events)
-            self._pause_if_full(link, len(link.held))
+            self._pause_if_full(link)
             return
         if link.text_login:
             events = self._text_login(link, events)
@@ -439,14 +439,14 @@ class Broker:
                     if event.to is None:
                         try:
                             reply = handler(event, peer)
+                            if waiting:
+                                self._answer(link, _ack_with(event.id, reply_body(reply)))
+                            else:  # (a reply of the wrong type raises TypeError here)
+                                send_ack(event.id, b"" if reply is None else reply)
                         except Exception as exc:
                             self._handler_failed(link, event, exc)
                             waiting = bool(answers)
                             continue
-                        if waiting:
-                            self._answer(link, _ack_with(event.id, reply))
-                        else:
-                            send_ack(event.id, b"" if reply is None else reply)
                         accepted += 1
                         continue
                 elif type(event) is Ack:  # a client's answer to what the server sent it
@@ -461,6 +461,8 @@ class Broker:
             self.stats.accepted += accepted
             if answered and link.ending and not outgoing:
                 self._settle(link)
+        if link.answers or link.staged:
+            self._pause_if_full(link)
         self._touch(link)
 
     def _handle_stored(self, link: Link, events: list[Event]) -> None:
@@ -486,13 +488,13 @@ class Broker:
                         continue
                 if event.to is None:
                     try:
-                        reply = handler(event, peer)
+                        body = reply_body(handler(event, peer))
                     except Exception as exc:
                         items = self._stage(link, items)
                         append = items.append
                         self._handler_failed(link, event, exc)
                         continue
-                    append((event.id, event.body, b"" if reply is None else reply))
+                    append((event.id, event.body, body))
                     continue
             if type(event) is not Ping:  # what came before is answered before it
                 items = self._stage(link, items)
@@ -521,7 +523,7 @@ class Broker:
                     link.answers.append(slot)
                     link.jobs += 1
                     self.actions.append(RunHandler(link, slot, event))
-                    self._pause_if_full(link, link.jobs)
+                    self._pause_if_full(link)
                     continue
             if not self._other(link, event, events):
                 break
@@ -590,6 +592,8 @@ class Broker:
             if proto is not None and ready is not None:
                 ready(proto)
         self._touch(link)
+        if link.paused:
+            self._resume_if_drained(link)
         if not answers:
             self._settle(link)
 
@@ -633,6 +637,7 @@ class Broker:
             link.answers.append(slot)
             self._batch.inbound.append(Inbound(link.peer.session, self._sender(link), items))
             self._thens.inbound.append((link, slot, items))
+            link.staged += len(items)
             self._unsettle(link.peer.session, items[-1][0])
             self._want_commit()
             return []
@@ -642,6 +647,7 @@ class Broker:
         """An async handler's message, stored before its answer fills ``slot``."""
         self._batch.inbound.append(Inbound(link.peer.session, self._sender(link), [item]))
         self._thens.inbound.append((link, slot, [item]))
+        link.staged += 1
         self._unsettle(link.peer.session, item[0])
         self._want_commit()
 
@@ -731,8 +737,10 @@ class Broker:
             self._resume_if_drained(link)
             self._settle(link)
 
-    def want_commit(self) -> bool:
-        return bool(self._batch)
+    @property
+    def storing(self) -> bool:
+        """A batch is being committed, or one waits to be: the store is still needed."""
+        return self._committing is not None or bool(self._batch)
 
     def _want_commit(self) -> None:
         if not self._commit_wanted:
@@ -771,6 +779,7 @@ class Broker:
         else:
             self.stats.commit_failures += 1
         for (link, slot, items), seq in zip(thens.inbound, inbound, strict=True):
+            link.staged -= len(items)
             if isinstance(seq, str):
                 self.stats.rejected += len(items)
                 self._fill(link, slot, _unavailable(items, _could_not_store(seq)))
@@ -785,6 +794,8 @@ class Broker:
             else:
                 then(seq, "")
         self._settle_sessions(thens.sessions)
+        for link, _, _ in thens.inbound:
+            self._resume_if_drained(link)
         if self._batch:
             self._want_commit()
 
@@ -792,10 +803,15 @@ class Broker:
 
     def handled(self, link: Link, slot: Slot, message: Message, reply: Reply) -> None:
         """The async handler answered ``message``: store it (with a store), then ack."""
-        link.jobs -= 1
         if link not in self.links:
+            link.jobs -= 1
             return
-        body = b"" if reply is None else reply
+        try:
+            body = reply_body(reply)
+        except TypeError as exc:
+            self.handler_failed(link, slot, message, exc)
+            return
+        link.jobs -= 1
         if self.stored:
             self._stage_one(link, slot, (message.id, message.body, body))
         else:
@@ -815,14 +831,21 @@ class Broker:
         self._resume_if_drained(link)
         self._settle(link)
 
-    def _pause_if_full(self, link: Link, waiting: int) -> None:
-        if waiting > HELD_HIGH and not link.paused:
+    @staticmethod
+    def _waiting(link: Link) -> int:
+        """Messages of this link the server holds for now: unanswered, being stored,
+        with the handler, or held for a lookup."""
+        return link.jobs + len(link.held or ()) + len(link.answers) + link.staged
+
+    def _pause_if_full(self, link: Link) -> None:
+        """Stop reading from a link whose messages pile up (a slow store, a recipient
+        that does not answer): memory stays bounded, and the sender's TCP window fills."""
+        if not link.paused and self._waiting(link) > HELD_HIGH:
             link.paused = True
             self.actions.append(Pause(link, False))
 
     def _resume_if_drained(self, link: Link) -> None:
-        waiting = link.jobs + (len(link.held) if link.held else 0)
-        if link.paused and waiting < HELD_LOW:
+        if link.paused and self._waiting(link) < HELD_LOW:
             link.paused = False
             self.actions.append(Pause(link, True))
 

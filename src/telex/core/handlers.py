@@ -6,9 +6,9 @@ import inspect
 from collections.abc import Callable
 from typing import Any
 
-from .events import AckStatus
+from .events import AckStatus, Body
 
-__all__ = ["Reject", "is_async", "rejection_for"]
+__all__ = ["Reject", "is_async", "rejection_for", "reply_body"]
 
 
 class Reject(Exception):
@@ -30,3 +30,15 @@ def rejection_for(exc: Exception) -> tuple[AckStatus, str]:
     if isinstance(exc, Reject):
         return AckStatus.REFUSED, exc.reason
     return AckStatus.HANDLER_FAILED, "the receiver's handler failed"
+
+
+def reply_body(reply: object) -> Body:
+    """What a handler returned, as a reply body; anything but str, bytes or None is the
+    handler's fault (TypeError), found before the message is stored or answered."""
+    if reply is None:
+        return b""
+    if type(reply) is str or type(reply) is bytes:
+        return reply
+    if isinstance(reply, bytearray | memoryview):
+        return bytes(reply)
+    raise TypeError(f"a handler returns str, bytes or None, not {type(reply).__name__}")

@@ -187,8 +187,13 @@ class Server:
             self._watchdog.cancel()
         if self._server is not None:
             await self._server.wait_closed()
-        if self._store_thread is not None:  # the last commit finishes before the store closes
-            await asyncio.get_running_loop().run_in_executor(None, self._store_thread.shutdown)
+        if self._store_thread is not None:  # what is collected is stored before it closes
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.shutdown_grace):
+                    while self.broker.storing:  # noqa: ASYNC110 - commits end on the thread
+                        await asyncio.sleep(0.01)
+            thread, self._store_thread = self._store_thread, None
+            await asyncio.get_running_loop().run_in_executor(None, thread.shutdown)
         if self._owns_store and self.store is not None:
             self.store.close()
 
@@ -307,7 +312,8 @@ class Server:
         self, method: str, args: tuple[Any, ...], then: Callable[[Any], None], link: Any
     ) -> None:
         """Run a store lookup on the store thread; ``then`` its result on the loop."""
-        assert self._store_thread is not None and self.store is not None
+        if self._store_thread is None or self.store is None:
+            return  # the server has closed
         call = getattr(self.store, method)
         loop = asyncio.get_running_loop()
 
