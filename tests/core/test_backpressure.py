@@ -7,6 +7,7 @@ from telex.core import frames
 from telex.core.broker import HELD_HIGH, Broker, Link, Pause, Peer
 from telex.core.events import Message
 from telex.core.frames import PREAMBLE, FrameType
+from telex.core.protocol import Connection, Role
 from telex.core.records import Committed, SessionState
 
 
@@ -49,3 +50,51 @@ def test_a_recipient_that_never_answers_pauses_its_sender_without_a_store() -> N
     assert pauses(broker, alice) == [False]
     broker.connection_lost(bob)  # its messages are answered "not delivered": they drain
     assert pauses(broker, alice) == [True]
+
+
+def test_a_delivery_answered_before_its_mark_is_stored_is_not_sent_again() -> None:
+    """bob acknowledges while another commit runs, then reconnects before his delivered
+    mark is stored: the store still lists the message in his outbox, but the broker
+    knows better, so he does not get it again and alice gets one receipt."""
+    from telex.core.events import Receipt
+    from telex.core.records import Pending
+
+    broker = Broker(handler, stored=True)
+    alice, bob = Link(Peer("a"), "a"), Link(Peer("b"), "b")
+    alice_side = Connection(Role.CLIENT)
+    for link, name, session in ((alice, "alice", "A"), (bob, "bob", "B")):
+        broker.connect(link)
+        broker.receive_data(
+            link,
+            PREAMBLE
+            + frames.json_frame(FrameType.HELLO, {"version": 1, "name": name, "session": session}),
+        )
+        broker.loaded(link, SessionState())
+    alice_side.receive_data(alice.proto.data_to_send())  # type: ignore[union-attr]
+    broker.receive_data(alice, frames.routed(1, b"bob", b"hi", 0))
+    assert broker.take_batch() is not None
+    broker.committed(Committed([], [7]))  # stored as seq 7, sent to bob
+    broker.receive_data(alice, frames.message(2, b"more", 0))
+    assert broker.take_batch() is not None  # this commit is still running...
+    broker.receive_data(bob, frames.ack(7, 0, b"", b"got it", 0))  # ...when bob answers
+    broker.connection_lost(bob)
+    bob2 = Link(Peer("b2"), "b2")
+    broker.connect(bob2)
+    broker.receive_data(
+        bob2,
+        PREAMBLE
+        + frames.json_frame(FrameType.HELLO, {"version": 1, "name": "bob", "session": "B"}),
+    )
+    broker.loaded(bob2, SessionState(0, (Pending(7, b"hi", "alice", "A", 1),)))
+    bob_side = Connection(Role.CLIENT)
+    assert not any(
+        isinstance(e, Message)
+        for e in bob_side.receive_data(bob2.proto.data_to_send())  # type: ignore[union-attr]
+    )
+    broker.committed(Committed([8], []))  # message 2 stored: the receipt comes after it
+    receipts = [
+        e
+        for e in alice_side.receive_data(alice.proto.data_to_send())  # type: ignore[union-attr]
+        if isinstance(e, Receipt)
+    ]
+    assert [(r.id, r.reply) for r in receipts] == [(1, b"got it")]

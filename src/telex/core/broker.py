@@ -287,6 +287,7 @@ class _Thens:
     inbound: list[tuple[Link, Slot, list[Item]]] = field(default_factory=list)
     envelopes: list[Callable[[int | None, str], None]] = field(default_factory=list)
     sessions: list[str] = field(default_factory=list)  # whose messages are in the batch
+    delivered: list[int] = field(default_factory=list)  # the seqs marked delivered in it
 
 
 class Broker:
@@ -327,6 +328,7 @@ class Broker:
         # A resend of one of those waits for the commit before the store is asked.
         self._unsettled: dict[str, list[int]] = {}
         self._awaiting_commit: list[Link] = []
+        self._answered: set[int] = set()  # seqs delivered, their mark not yet stored
 
     # -- connections --------------------------------------------------------------
 
@@ -754,6 +756,7 @@ class Broker:
             return None
         batch, self._batch = self._batch, Batch()
         self._committing, self._thens = self._thens, _Thens()
+        self._committing.delivered = batch.delivered
         return batch
 
     def committed(self, result: Committed) -> None:
@@ -794,6 +797,7 @@ class Broker:
             else:
                 then(seq, "")
         self._settle_sessions(thens.sessions)
+        self._answered.difference_update(thens.delivered)  # the store knows them now
         for link, _, _ in thens.inbound:
             self._resume_if_drained(link)
         if self._batch:
@@ -926,6 +930,9 @@ class Broker:
         def answered(ack: Ack) -> None:
             if ack.status == AckStatus.NOT_DELIVERED:  # it left first: the outbox keeps it
                 return
+            if seq in self._answered:  # delivered again before its mark was stored
+                return
+            self._answered.add(seq)
             self._batch.delivered.append(seq)
             self._want_commit()
             self.stats.delivered += 1  # it reached its client, which answered
@@ -1137,6 +1144,8 @@ class Broker:
         self._notice("joined", link)
         waiting, link.deliveries = link.deliveries or [], []
         for pending in state.outbox:
+            if pending.seq in self._answered:  # answered; its mark is not stored yet
+                continue
             on_answer = self._outbox_answer(pending, name or "")
             self.deliver(link, pending.body, pending.sender, on_answer, pending.seq)
         for body, sender, on_answer, msg_id in waiting:
