@@ -366,7 +366,7 @@ def test_resent_ids_are_acked_again_with_same_reply_not_handled_or_stored_twice(
         ok(1, "re:one"),
         ok(2, "re:two"),
         Ack(3, AckStatus.OK, "stored for bob", b"", STORED),
-        Receipt(3, AckStatus.OK, "delivered earlier", b"", DELIVERED),  # bob had it already
+        Receipt(3, AckStatus.OK, "", b"", DELIVERED),  # bob had it already: his answer again
         ok(4, "re:four"),
     ]
     assert handler.bodies == ["one", "two", "four"]
@@ -1024,3 +1024,21 @@ def test_stats_without_store_count_delivered_and_not_delivered(make_net: MakeNet
         0,
         0,
     )
+
+
+def test_a_resent_message_refused_earlier_is_told_the_refusal_again(make_net: MakeNet) -> None:
+    net = make_net(stored=True)
+    alice = net.client().connect("alice", "alice-session")
+    bob = net.client().connect("bob", "bob-session")
+    alice.routed("bob", "pay 100")
+    alice.send()
+    (message,) = [e for e in bob.take() if type(e) is Message]
+    bob.ack(message.id, status=AckStatus.REFUSED, reason="no such account")
+    bob.send()
+    alice.drop()
+    alice = net.client()
+    alice.hello("alice", "alice-session")
+    alice.routed("bob", "pay 100", msg_id=1)  # its first ACK was lost: sent again
+    alice.send()
+    receipts = [e for e in alice.take() if type(e) is Receipt]
+    assert receipts == [Receipt(1, AckStatus.REFUSED, "no such account", b"", DELIVERED)]

@@ -683,7 +683,8 @@ class Broker:
         flags = frames.FLAG_STORED | (frames.FLAG_AWAY if away else 0)
         self._answer(link, _stored_ack(msg_id, note, flags))
         if found.delivered:  # its receipt may have been lost with the old connection
-            self._answer(link, partial_receipt(msg_id, AckStatus.OK, "delivered earlier", b""))
+            receipt = partial_receipt(msg_id, found.status, found.reason, found.reply or b"")
+            self._answer(link, receipt)
         return False
 
     def _find(self, link: Link, session: str) -> None:
@@ -865,7 +866,7 @@ class Broker:
         msg_id = event.id
         slot = Slot()
         link.answers.append(slot)
-        if to == "server":
+        if to.lower() == "server":
             self.stats.rejected += 1
             reason = "the server is not a client: send it a MESSAGE, without a name"
             self._fill(link, slot, _rejection(msg_id, AckStatus.NOT_DELIVERED, reason))
@@ -934,6 +935,7 @@ class Broker:
                 return
             self._answered.add(seq)
             self._batch.delivered.append(seq)
+            self._batch.answers[seq] = (ack.status, ack.reason, ack.reply)
             self._want_commit()
             self.stats.delivered += 1  # it reached its client, which answered
             sender = None if session is None else self.sessions.get(session)
@@ -1180,7 +1182,7 @@ class Broker:
                 wanted = f"guest-{self._guests}"
                 if wanted not in self.clients:
                     break
-        elif wanted == "server":
+        elif wanted.lower() == "server":  # reserved in any case: it names the server
             return None
         elif (holder := self.clients.get(wanted)) is not None:
             session = link.peer.session

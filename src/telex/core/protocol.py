@@ -371,6 +371,10 @@ class Connection:
                     self._violation(events, ErrorCode.MALFORMED_FRAME, "MESSAGE frame too short")
                     return
                 size = length - MESSAGE_FIXED  # of the body: judged first, then the name
+                least = size if ftype == _MESSAGE else length - ROUTED_FIXED - 255
+                if least > self.max_message_size * SKIP_FACTOR:  # from the header alone
+                    self._violation(events, ErrorCode.FRAME_TOO_LARGE, f"message of {least} bytes")
+                    return
                 if ftype == _ROUTED:
                     if avail < 15:  # up to the name's length
                         self._need = 15

@@ -54,7 +54,10 @@ class Batch:
 
     inbound: list[Inbound] = field(default_factory=list)
     envelopes: list[Envelope] = field(default_factory=list)
-    delivered: list[int] = field(default_factory=list)  # seqs their recipients acknowledged
+    delivered: list[int] = field(default_factory=list)  # seqs their recipients answered
+    answers: dict[int, tuple[int, str, Any]] = field(default_factory=dict)
+    """The recipient's (status, reason, reply) for a seq in ``delivered``, kept so that a
+    resent message can be told its first answer again."""
 
     def __bool__(self) -> bool:
         return bool(self.inbound or self.envelopes or self.delivered)
@@ -92,11 +95,14 @@ class SessionState:
 @dataclass(frozen=True, slots=True)
 class Found:
     """A message already stored: the reply it was acknowledged with; ``recipient`` set
-    when it was for another client, and ``delivered`` once that client acknowledged it."""
+    when it was for another client, and ``delivered`` once that client answered it (then
+    ``status``, ``reason`` and ``reply`` are its answer)."""
 
     reply: Any
     recipient: str | None = None
     delivered: bool = False
+    status: int = 0  # with ``delivered``: the recipient's answer (and ``reply``)
+    reason: str = ""
 
 
 @dataclass(frozen=True, slots=True)

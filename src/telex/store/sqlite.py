@@ -74,6 +74,12 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX segments_by_sender ON segments (session, last_id);
     """,
+    # version 3: the recipient's answer to a message for a client (status 0 and the
+    # reply column when it took it; a rejection's status and reason otherwise)
+    """
+    ALTER TABLE messages ADD COLUMN status INTEGER;
+    ALTER TABLE messages ADD COLUMN reason TEXT;
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -203,7 +209,14 @@ class SQLiteStore(Store):
                 if segment_rows:
                     self.db.executemany(_INSERT_SEGMENT, segment_rows)
                 if batch.delivered:
-                    self.db.executemany(_DELIVERED, [(now, seq) for seq in batch.delivered])
+                    answers = batch.answers
+                    self.db.executemany(
+                        _DELIVERED,
+                        [
+                            (now, *answers.get(seq, (None, None, None)), seq)
+                            for seq in batch.delivered
+                        ],
+                    )
         except sqlite3.Error as exc:
             raise StoreError(str(exc)) from exc
         self._next_seq = seq
@@ -237,12 +250,13 @@ class SQLiteStore(Store):
 
     def _find(self, session: str, sender_id: int) -> Found | None:
         row = self.db.execute(
-            "SELECT recipient, reply, recipient IS NOT NULL AND delivered IS NOT NULL "
-            "FROM messages WHERE session = ? AND sender_id = ?",
+            "SELECT recipient, reply, recipient IS NOT NULL AND delivered IS NOT NULL, "
+            "status, reason FROM messages WHERE session = ? AND sender_id = ?",
             (session, sender_id),
         ).fetchone()
         if row is not None:
-            return Found(row[1], row[0], bool(row[2]))
+            recipient, reply, delivered, status, reason = row
+            return Found(reply, recipient, bool(delivered), status or 0, reason or "")
         for _, blob in self.db.execute(
             "SELECT seq, messages FROM segments "
             "WHERE session = ? AND last_id >= ? AND first_id <= ?",
@@ -322,7 +336,7 @@ _INSERT = (
     "INSERT INTO messages (seq, session, sender_id, sender, recipient, body, reply, received, "
     "delivered) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
-_DELIVERED = "UPDATE messages SET delivered = ? WHERE seq = ?"
+_DELIVERED = "UPDATE messages SET delivered = ?, status = ?, reason = ?, reply = ? WHERE seq = ?"
 _INSERT_SEGMENT = (
     "INSERT INTO segments (seq, count, session, sender, first_id, last_id, received, messages) "
     "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
