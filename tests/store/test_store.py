@@ -392,3 +392,13 @@ def test_find_many_looks_only_in_the_given_session(store: SQLiteStore) -> None:
     store.commit(Batch(envelopes=[Envelope("bob", "c", "alice", "s1", 2)]), 2.0)
     assert store.find_many("s2", [1, 2]) == {}
     assert store.find_many("s1", []) == {}
+
+
+def test_a_new_store_is_its_owners_alone(tmp_path: Path) -> None:
+    path = tmp_path / "new" / "telex.db"
+    store = SQLiteStore(path)
+    store.commit(Batch(inbound=[Inbound("s", "a", [(1, "x", "r")])]), 1.0)
+    assert path.parent.stat().st_mode & 0o777 == 0o700
+    for file in path.parent.iterdir():  # the file, and its -wal and -shm
+        assert file.stat().st_mode & 0o777 == 0o600, file
+    store.close()

@@ -21,6 +21,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import heapq
+import os
 import sqlite3
 import struct
 from collections.abc import Iterator, Sequence
@@ -143,7 +144,7 @@ class SQLiteStore(Store):
             uri = f"{self.path.resolve().as_uri()}?mode=ro"
             self.db = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
         else:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            _create_private(self.path)
             self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self.db.execute("PRAGMA busy_timeout = 5000")
         if not readonly:
@@ -365,6 +366,15 @@ def _filters(
         where.append("received >= ?")
         args.append(since)
     return where, args
+
+
+def _create_private(path: Path) -> None:
+    """A new store is its owner's alone: the file 0600 (SQLite gives its -wal and -shm
+    files the same mode) in a folder made 0700; an existing one is left as it is."""
+    if not path.parent.exists():
+        path.parent.mkdir(mode=0o700, parents=True)
+    if not path.exists():
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
 
 
 class _Transaction:
