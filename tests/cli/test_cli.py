@@ -190,6 +190,27 @@ def test_connection_lost_with_messages_unacknowledged_exits_4() -> None:
     assert "1 messages unacknowledged" in err
 
 
+def test_serve_stops_on_sigterm_while_its_stdin_stays_open() -> None:
+    """As under a supervisor that keeps a pipe open: the console's reader never ends,
+    and must not keep the server from exiting."""
+    process = subprocess.Popen(
+        [*TELEX, "serve", "--port", "0", "--json", "--db", temp_db()],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None and process.stdin is not None
+        assert json.loads(read_line(process.stdout))["event"] == "listening"
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=TIMEOUT) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.communicate(timeout=TIMEOUT)
+
+
 def test_serve_stops_cleanly_on_sigterm_and_sigint() -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         with serve() as server:

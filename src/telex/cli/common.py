@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import os
 import signal
 import ssl
 import sys
@@ -305,11 +306,18 @@ def one_line_for_tls_errors(loop: asyncio.AbstractEventLoop, context: dict[str, 
 
 
 def stop_on_signals() -> asyncio.Event:
-    """An event set by SIGINT or SIGTERM, so either ends the command cleanly."""
+    """An event set by SIGINT or SIGTERM, so either ends the command cleanly; a second
+    signal ends the process at once."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+
+    def stop_or_exit(signum: int) -> None:
+        if stop.is_set():  # a second signal: the user means now
+            os._exit(128 + signum)
+        stop.set()
+
     for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
+        loop.add_signal_handler(signum, stop_or_exit, signum)
     return stop
 
 

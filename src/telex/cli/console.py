@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -98,17 +99,31 @@ class StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
 
 
 async def read_lines() -> AsyncIterator[Body]:
-    """Each line of stdin as it arrives (text when it is UTF-8), read off the event loop."""
+    """Each line of stdin as it arrives (text when it is UTF-8), read off the event loop.
+
+    The reading is done by a daemon thread, not the loop's executor: a stdin that stays
+    open (a pipe from a supervisor, a FIFO) must never keep the process from exiting.
+    """
     loop = asyncio.get_running_loop()
-    stream = sys.stdin.buffer
+    chunks: asyncio.Queue[bytes] = asyncio.Queue()
+
+    def read() -> None:
+        while True:
+            try:  # the file descriptor itself: a buffered stdin's lock would abort the exit
+                chunk = os.read(sys.stdin.fileno(), 65536)
+            except (
+                OSError,
+                ValueError,
+                AttributeError,
+            ):  # no stdin at all, as under a service manager
+                chunk = b""
+            loop.call_soon_threadsafe(chunks.put_nowait, chunk)
+            if not chunk:
+                return
+
+    threading.Thread(target=read, name="telex-stdin", daemon=True).start()
     rest = b""
-    while True:
-        try:
-            chunk = await loop.run_in_executor(None, stream.read1, 65536)  # type: ignore[union-attr]
-        except (OSError, ValueError):  # no stdin at all, as under a service manager
-            break
-        if not chunk:
-            break
+    while chunk := await chunks.get():
         lines = (rest + chunk).split(b"\n")
         rest = lines.pop()
         for line in lines:
