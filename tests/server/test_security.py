@@ -424,3 +424,36 @@ async def test_a_text_peer_logs_in_as_a_listed_user(
             assert await reader.readline() == b"ack 2: ok\n"
         writer.close()
     assert seen == ["alice"]
+
+
+def test_handshakes_started_right_after_connect_all_finish(
+    certificate: tuple[Path, str],
+) -> None:
+    """The ClientHello sent at once, 200 times: every handshake finishes (the server's
+    own TLS upgrade used to lose a ClientHello that arrived before it took over), and a
+    plain telex client is told at once that this port speaks TLS (a close)."""
+    prefix, _ = certificate
+
+    async def run() -> None:
+        async with Server(port=0, ssl=context_of(prefix)) as server:
+            client = ssl.create_default_context()
+            client.check_hostname = False
+            client.verify_mode = ssl.CERT_NONE
+            for _ in range(200):
+                async with asyncio.timeout(TIMEOUT):
+                    _, writer = await asyncio.open_connection("127.0.0.1", server.port, ssl=client)
+                writer.close()
+                await writer.wait_closed()
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            writer.write(frames.PREAMBLE)
+            async with asyncio.timeout(1.0):
+                assert await reader.read() == b""
+            writer.close()
+
+    try:  # on uvloop too, where telex serve runs and where the lost ClientHello was seen
+        import uvloop
+    except ImportError:
+        asyncio.run(run())
+        return
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(run())
