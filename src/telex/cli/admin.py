@@ -86,7 +86,8 @@ def user() -> None:
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="Use the token in this file (else a new random token is made and printed once).",
 )
-def user_add(name: str, users: Path, token_file: Path | None) -> None:
+@click.option("--force", is_flag=True, help="Give a name that is there already a new token.")
+def user_add(name: str, users: Path, token_file: Path | None, force: bool) -> None:
     """Give NAME a token: only a client with it can hold the name."""
     if not valid_name(name):
         fail(f"{name!r} is not a name: 1 to 32 letters, digits, . _ -", EXIT_USAGE)
@@ -95,11 +96,17 @@ def user_add(name: str, users: Path, token_file: Path | None) -> None:
         table = Users(users)
     except AuthError as exc:
         fail(str(exc), EXIT_USAGE)
-    if token is None:
-        token = secrets.token_urlsafe(24)
+    if table.get(name) is not None and not force:
+        fail(f"{name} is in {users} already (--force gives it a new token)", EXIT_USAGE)
+    made = token is None
+    token = token or secrets.token_urlsafe(24)
+    try:  # saved before it is shown: a token shown once must be one that works
+        table.add(name, token)
+    except OSError as exc:
+        fail(f"cannot write {users}: {exc.strerror or exc}", EXIT_USAGE)
+    if made:
         click.echo(token)
         click.echo(
             f"telex: {name}'s token, shown once: keep it in a file for --token-file", err=True
         )
-    table.add(name, token)
     click.echo(f"telex: {name} added to {users}", err=True)

@@ -145,6 +145,11 @@ def serve(
     try:
         context = None if cert is None or key is None else server_context(cert, key)
         token = load_token(token_file)
+        if users is not None and not users.is_file():
+            raise AuthError(
+                f"the users file {users} does not exist (telex user add NAME --users {users} "
+                "makes it)"
+            )
         user_file = None if users is None else Users(users)
     except (OSError, ssl.SSLError) as exc:
         fail(f"cannot load the certificate: {exc}", EXIT_USAGE)
