@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .test_cli import one_clear_line, telex
+from .test_cli import one_clear_line, serve, telex
 
 
 def test_user_add_saves_before_it_shows_and_refuses_to_replace(tmp_path: Path) -> None:
@@ -29,3 +29,12 @@ def test_user_add_to_a_folder_that_is_not_there_shows_no_token(tmp_path: Path) -
 def test_serve_with_a_users_file_that_is_not_there_refuses_to_start(tmp_path: Path) -> None:
     result = telex("serve", "--port", "0", "--users", str(tmp_path / "mistyped"))
     one_clear_line(result, 2, "does not exist")
+
+
+def test_a_second_server_on_one_store_refuses_naming_the_first(tmp_path: Path) -> None:
+    db = str(tmp_path / "telex.db")
+    with serve("--db", db) as first:
+        second = telex("serve", "--port", "0", "--db", db)
+        one_clear_line(second, 3, f"in use by another telex server (pid {first.process.pid})")
+        log = telex("log", "--db", db)  # reading while it runs is fine
+        assert log.returncode == 0, log.stderr

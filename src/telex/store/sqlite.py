@@ -140,17 +140,23 @@ class SQLiteStore(Store):
         if sync not in SYNC_LEVELS:
             raise ValueError(f"sync is one of {', '.join(SYNC_LEVELS)}, not {sync!r}")
         self.sync = sync
+        self._lock: int | None = None
         if readonly:
             uri = f"{self.path.resolve().as_uri()}?mode=ro"
             self.db = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
         else:
             _create_private(self.path)
+            self._lock = _hold_lock(self.path)
             self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        self.db.execute("PRAGMA busy_timeout = 5000")
-        if not readonly:
-            self.db.execute("PRAGMA journal_mode = WAL")
-            self.db.execute(f"PRAGMA synchronous = {SYNC_LEVELS[sync]}")
-            self._migrate()
+        try:
+            self.db.execute("PRAGMA busy_timeout = 5000")
+            if not readonly:
+                self.db.execute("PRAGMA journal_mode = WAL")
+                self.db.execute(f"PRAGMA synchronous = {SYNC_LEVELS[sync]}")
+                self._migrate()
+        except BaseException:
+            self.close()  # the lock too
+            raise
         self._next_seq = 0  # read when the first commit numbers what it stores
 
     @property
@@ -331,6 +337,9 @@ class SQLiteStore(Store):
 
     def close(self) -> None:
         self.db.close()
+        if self._lock is not None:
+            os.close(self._lock)  # and with it the lock
+            self._lock = None
 
 
 _INSERT = (
@@ -375,6 +384,26 @@ def _create_private(path: Path) -> None:
         path.parent.mkdir(mode=0o700, parents=True)
     if not path.exists():
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+
+
+def _hold_lock(path: Path) -> int | None:
+    """One writer a store: an exclusive lock on ``<store>.lock`` (the system drops it when
+    the process ends, crash or not), holding the pid of the server that has it."""
+    try:
+        import fcntl
+    except ImportError:  # not on this system: nothing more than SQLite's own locking
+        return None
+    lock_path = path.with_name(path.name + ".lock")
+    descriptor = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder = os.read(descriptor, 32).decode(errors="replace").strip() or "?"
+        os.close(descriptor)
+        raise StoreError(f"{path} is in use by another telex server (pid {holder})") from None
+    os.ftruncate(descriptor, 0)
+    os.write(descriptor, f"{os.getpid()}\n".encode())
+    return descriptor
 
 
 class _Transaction:
