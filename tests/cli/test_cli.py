@@ -569,3 +569,17 @@ def test_send_waits_for_delivery_receipts() -> None:
     assert away.returncode == 4
     assert "1 deliveries not confirmed in time" in away.stderr
     assert telex("send", "127.0.0.1:1", "--wait-delivery", "x").returncode == 2
+
+
+def test_a_line_over_the_limit_is_refused_and_the_rest_still_goes() -> None:
+    """A 20 MB line (over 16 x the limit, which would end the connection): the client
+    knows the server's limit from WELCOME, refuses that line by its number, sends on."""
+    huge = "x" * (20 * 1024 * 1024)
+    with serve("--quiet") as server:
+        result = telex("send", server.address, "-", stdin=f"first\n{huge}\nlast\n")
+    assert result.returncode == 1, result.stderr
+    assert result.stdout.splitlines() == [
+        "ack 1: received (5 bytes)",
+        "rejected 2: message of 20971520 bytes is over the limit of 1048576",
+        "ack 3: received (4 bytes)",
+    ]

@@ -30,6 +30,7 @@ from typing import Any, cast
 from .._version import __version__
 from ..core.events import (
     Ack,
+    AckStatus,
     Body,
     Challenge,
     ErrorCode,
@@ -257,6 +258,8 @@ class AsyncClient:
         self._protocol: _ClientProtocol | None = None
         self._pending: dict[int, asyncio.Future[Ack]] = {}
         self._session = ClientSession(self.session)  # ids, resend, redeliveries
+        self._limit = max_message_size  # the server's, once its WELCOME says
+        self._refused: dict[int, Ack] = {}  # refused here, answered in their turn
         self._failure: TelexError | None = None  # the end, for good
         self._closing = False
         self._done: asyncio.Future[None] | None = None
@@ -330,6 +333,9 @@ class AsyncClient:
         self._conn = conn
         self._protocol = protocol
         self.server_limits = welcome.limits
+        limit = welcome.limits.get("max_message_size")
+        if type(limit) is int and limit > 0:
+            self._limit = limit
         self.server_agent = welcome.agent
         self.name = welcome.name or self.name
         self._session.welcomed(welcome, conn)  # resend what waits, in order, under its ids
@@ -547,6 +553,17 @@ class AsyncClient:
         self._session.answered(ack.id)
         if future is not None and not future.done():
             future.set_result(ack)
+        if self._refused:
+            self._answer_refused()
+
+    def _answer_refused(self) -> None:
+        """Answer the messages refused here once those sent before them are answered, so
+        that answers keep their order."""
+        pending = self._pending
+        while pending and (first := next(iter(pending))) in self._refused:
+            future = pending.pop(first)
+            if not future.done():
+                future.set_result(self._refused.pop(first))
 
     def send_nowait(self, body: Body, *, to: str | None = None) -> asyncio.Future[Ack]:
         """Queue a message and return a future of its acknowledgment (rejections included).
@@ -561,8 +578,16 @@ class AsyncClient:
             raise RuntimeError("the client is not connected; use 'async with telex.connect(...)'")
         if not isinstance(body, str | bytes | bytearray | memoryview):
             raise TypeError(f"a message body is str or bytes, not {type(body).__name__}")
-        msg_id = self._session.number(body, to)
         future: asyncio.Future[Ack] = asyncio.get_running_loop().create_future()
+        if len(body) * 4 > self._limit and (size := _size(body)) > self._limit:
+            # The server would refuse it (or, far over, close): refuse it here, in its turn.
+            msg_id = self._session.skip()
+            reason = f"message of {size} bytes is over the limit of {self._limit}"
+            self._pending[msg_id] = future
+            self._refused[msg_id] = Ack(msg_id, AckStatus.TOO_LARGE, reason)
+            self._answer_refused()
+            return future
+        msg_id = self._session.number(body, to)
         self._pending[msg_id] = future
         protocol = self._protocol
         if protocol is not None and not protocol.closed.done():
@@ -691,6 +716,10 @@ async def _each(bodies: Iterable[Body] | AsyncIterable[Body]) -> AsyncIterator[B
     else:
         for body in bodies:
             yield body
+
+
+def _size(body: Body) -> int:
+    return len(body.encode()) if isinstance(body, str) else len(body)
 
 
 class connect:

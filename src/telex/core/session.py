@@ -34,6 +34,12 @@ class ClientSession:
         self.unacked[msg_id] = (body, to)
         return msg_id
 
+    def skip(self) -> int:
+        """An id for a message refused before it was sent (ids may have gaps)."""
+        msg_id = self.next_id
+        self.next_id = msg_id + 1
+        return msg_id
+
     def answered(self, msg_id: int) -> None:
         """Message ``msg_id`` got its ACK: it is not sent again."""
         self.unacked.pop(msg_id, None)
