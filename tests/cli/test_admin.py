@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
-from .test_cli import one_clear_line, serve, telex
+from ..conftest import TIMEOUT
+from .test_cli import TELEX, one_clear_line, serve, telex
 
 
 def test_user_add_saves_before_it_shows_and_refuses_to_replace(tmp_path: Path) -> None:
@@ -38,3 +40,26 @@ def test_a_second_server_on_one_store_refuses_naming_the_first(tmp_path: Path) -
         one_clear_line(second, 3, f"in use by another telex server (pid {first.process.pid})")
         log = telex("log", "--db", db)  # reading while it runs is fine
         assert log.returncode == 0, log.stderr
+
+
+def test_bad_input_is_one_clear_line_not_a_traceback(tmp_path: Path) -> None:
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text("not a certificate\n")
+    one_clear_line(telex("cert", "--out", str(tmp_path / "missing" / "x")), 2, "cannot write")
+    with serve("--quiet", "--no-store") as server:
+        one_clear_line(
+            telex("send", server.address, "--tls", "--cafile", str(garbage), "x"),
+            2,
+            "cannot use --cafile",
+        )
+
+
+def test_a_message_argument_that_is_not_utf8_is_sent_as_bytes() -> None:
+    with serve("--quiet", "--no-store") as server:
+        result = subprocess.run(
+            [*TELEX, "send", server.address, b"caf\xe9"],
+            capture_output=True,
+            timeout=TIMEOUT * 3,
+        )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == b"ack 1: received (4 bytes)\n"

@@ -63,7 +63,10 @@ def cert(prefix: Path, names: tuple[str, ...], days: int, show: Path | None) -> 
     ):
         if existing.exists():
             fail(f"{existing} exists; remove it first, or choose another --out", EXIT_USAGE)
-    found = write_certificate(prefix, list(names) or default_names(), days)
+    try:
+        found = write_certificate(prefix, list(names) or default_names(), days)
+    except OSError as exc:
+        fail(f"cannot write {prefix}.pem and {prefix}.key: {exc.strerror or exc}", EXIT_USAGE)
     click.echo(f"wrote {prefix}.pem and {prefix}.key", err=True)
     click.echo(found)
 

@@ -193,7 +193,10 @@ class Security:
             )
             options.update(ssl=client_context(verify=False))
         elif self.cafile is not None:
-            options.update(ssl=client_context(cafile=self.cafile))
+            try:
+                options.update(ssl=client_context(cafile=self.cafile))
+            except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+                fail(f"cannot use --cafile {self.cafile}: {exc}", EXIT_USAGE)
         else:
             known = KnownHosts(Path(platformdirs.user_config_dir("telex")) / "known_hosts")
             if interactive or known.get(f"{host}:{port}") is not None:

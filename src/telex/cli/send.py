@@ -16,6 +16,7 @@ import click
 from ..client.aio import AsyncClient
 from ..client.text import TextClient
 from ..core.events import Ack, Body, Receipt
+from ..core.textmode import text_body
 from ..exceptions import (
     ConnectError,
     ConnectionClosed,
@@ -49,7 +50,13 @@ from .render import body_fields, printable
 
 async def _given(messages: tuple[str, ...]) -> AsyncIterator[Body]:
     for message in messages:
-        yield message
+        yield argument_body(message)
+
+
+def argument_body(argument: str) -> Body:
+    """A command-line argument as a body: text when its bytes are UTF-8, else those bytes
+    (the system hands undecodable bytes over as surrogates)."""
+    return text_body(argument.encode("utf-8", "surrogateescape"))
 
 
 class AckPrinter:
