@@ -63,3 +63,20 @@ def test_a_message_argument_that_is_not_utf8_is_sent_as_bytes() -> None:
         )
     assert result.returncode == 0, result.stderr
     assert result.stdout == b"ack 1: received (4 bytes)\n"
+
+
+def test_addresses_are_checked_before_any_connection() -> None:
+    for bad in ("http://127.0.0.1:7777", "host:0", "[::1", "a b:1"):
+        result = telex("send", bad, "x")  # click's usage error: exit 2, no traceback
+        assert result.returncode == 2 and "Traceback" not in result.stderr, result
+        assert "HOST:PORT" in result.stderr.splitlines()[-1]
+
+
+def test_address_forms() -> None:
+    from telex.cli.common import parse_address
+
+    assert parse_address("example.org") == ("example.org", 7777)
+    assert parse_address("::1") == ("::1", 7777)
+    assert parse_address("[::1]:9000") == ("::1", 9000)
+    assert parse_address("8000") == ("127.0.0.1", 8000)
+    assert parse_address(":8000") == ("127.0.0.1", 8000)

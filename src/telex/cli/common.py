@@ -30,6 +30,7 @@ from ..security import (
     load_token,
     normal_fingerprint,
 )
+from ..server import DEFAULT_PORT
 from ..server.adapter import format_address
 from .console import (
     StderrHandler,
@@ -58,11 +59,27 @@ def fail(message: str, code: int) -> None:
 
 
 def parse_address(value: str) -> tuple[str, int]:
-    """``HOST:PORT``, ``[IPv6]:PORT`` or a bare ``PORT`` (on 127.0.0.1)."""
-    host, sep, port = value.rpartition(":")
-    if not sep:
-        host, port = "127.0.0.1", value
-    host = host.removeprefix("[").removesuffix("]") or "127.0.0.1"
+    """``HOST:PORT``, ``[IPv6]:PORT``, a bare ``HOST`` or IPv6 address (on port 7777),
+    or a bare ``PORT`` (on 127.0.0.1). Anything else is a usage error, before any
+    connection is tried."""
+    text = value.strip()
+    if "://" in text:
+        raise click.BadParameter(f"{value!r} is a URL: give HOST:PORT (e.g. 127.0.0.1:7777)")
+    if text.isdigit():
+        host, port = "127.0.0.1", text
+    elif text.startswith("["):  # [v6] or [v6]:port
+        inside, bracket, rest = text[1:].partition("]")
+        if not bracket or not inside or (rest and not rest.startswith(":")):
+            raise click.BadParameter(f"{value!r} is not HOST:PORT or [IPv6]:PORT")
+        host, port = inside, rest[1:] or str(DEFAULT_PORT)
+    elif text.count(":") > 1:  # a bare IPv6 address
+        host, port = text, str(DEFAULT_PORT)
+    else:
+        host, _, port = text.partition(":")
+        host = host or "127.0.0.1"  # ":7777"
+        port = port or str(DEFAULT_PORT)
+    if not host or any(c.isspace() or c in "/@?#" for c in host):
+        raise click.BadParameter(f"{value!r} is not HOST:PORT")
     if not port.isdigit() or not 0 < int(port) < 65536:
         raise click.BadParameter(f"{value!r} is not HOST:PORT (a port is 1 to 65535)")
     return host, int(port)
