@@ -601,12 +601,17 @@ class Broker:
 
     def _reject(self, link: Link, msg_id: int, status: int, reason: str) -> None:
         self.stats.rejected += 1
-        self._answer(link, lambda proto: proto.send_rejection(msg_id, status, reason))
+        self._answer(link, _rejection(msg_id, status, reason))
 
     def _handler_failed(self, link: Link, event: Message, exc: Exception) -> None:
+        self._answer(link, self._failure(link, event.id, exc))
+
+    def _failure(self, link: Link, msg_id: int, exc: Exception) -> Callable[[Any], None]:
+        """The answer a handler's exception earns; a bug (not a Reject) is reported."""
         if not isinstance(exc, Reject):
-            self._notice("handler_failed", link, f"message {event.id}", exc)
-        self._reject(link, event.id, *rejection_for(exc))
+            self._notice("handler_failed", link, f"message {msg_id}", exc)
+        self.stats.rejected += 1
+        return _rejection(msg_id, *rejection_for(exc))
 
     def _settle(self, link: Link) -> None:
         """Once every answer is out: the ERROR, or GOODBYE and the close, that waited."""
@@ -632,11 +637,13 @@ class Broker:
 
     # -- messages for the server: stored, then acknowledged -------------------------
 
-    def _stage(self, link: Link, items: list[Item]) -> list[Item]:
-        """Hand the messages so far to the next commit; a fresh list for what follows."""
+    def _stage(self, link: Link, items: list[Item], slot: Slot | None = None) -> list[Item]:
+        """Hand the messages so far to the next commit, their answer in ``slot`` (a new
+        one at the end of the queue if not given); a fresh list for what follows."""
         if items:
-            slot = Slot()
-            link.answers.append(slot)
+            if slot is None:
+                slot = Slot()
+                link.answers.append(slot)
             self._batch.inbound.append(Inbound(link.peer.session, self._sender(link), items))
             self._thens.inbound.append((link, slot, items))
             link.staged += len(items)
@@ -644,14 +651,6 @@ class Broker:
             self._want_commit()
             return []
         return items
-
-    def _stage_one(self, link: Link, slot: Slot, item: Item) -> None:
-        """An async handler's message, stored before its answer fills ``slot``."""
-        self._batch.inbound.append(Inbound(link.peer.session, self._sender(link), [item]))
-        self._thens.inbound.append((link, slot, [item]))
-        link.staged += 1
-        self._unsettle(link.peer.session, item[0])
-        self._want_commit()
 
     def _fresh(self, link: Link, event: Message, events: list[Event]) -> bool:
         """A message at or below the session's highest stored id: True if it is new.
@@ -677,13 +676,10 @@ class Broker:
         if to is None:
             self._answer(link, _ack_with(msg_id, reply))
             return False
-        target = self.clients.get(to)
-        away = not found.delivered and (target is None or target.deliveries is None)
-        note = f"stored for {to}" + (", who is not connected" if away else "")
-        flags = frames.FLAG_STORED | (frames.FLAG_AWAY if away else 0)
-        self._answer(link, _stored_ack(msg_id, note, flags))
+        away = not found.delivered and self._away(to)
+        self._answer(link, _stored_ack(msg_id, to, away))
         if found.delivered:  # its receipt may have been lost with the old connection
-            receipt = partial_receipt(msg_id, found.status, found.reason, found.reply or b"")
+            receipt = _receipt(msg_id, found.status, found.reason, found.reply or b"")
             self._answer(link, receipt)
         return False
 
@@ -788,8 +784,6 @@ class Broker:
                 self.stats.rejected += len(items)
                 self._fill(link, slot, _unavailable(items, _could_not_store(seq)))
                 continue
-            if items[-1][0] > link.max_stored:
-                link.max_stored = items[-1][0]
             self.stats.accepted += len(items)
             self._fill(link, slot, _acks(items))
         for then, seq in zip(thens.envelopes, envelopes, strict=True):
@@ -818,7 +812,7 @@ class Broker:
             return
         link.jobs -= 1
         if self.stored:
-            self._stage_one(link, slot, (message.id, message.body, body))
+            self._stage(link, [(message.id, message.body, body)], slot)
         else:
             self.stats.accepted += 1
             self._fill(link, slot, _ack_with(message.id, body))
@@ -828,11 +822,7 @@ class Broker:
         link.jobs -= 1
         if link not in self.links:
             return
-        if not isinstance(exc, Reject):
-            self._notice("handler_failed", link, f"message {message.id}", exc)
-        status, reason = rejection_for(exc)
-        self.stats.rejected += 1
-        self._fill(link, slot, lambda proto: proto.send_rejection(message.id, status, reason))
+        self._fill(link, slot, self._failure(link, message.id, exc))
         self._resume_if_drained(link)
         self._settle(link)
 
@@ -895,26 +885,15 @@ class Broker:
     def _route_stored(self, link: Link, slot: Slot, event: Message, to: str) -> None:
         session, msg_id, sender = link.peer.session, event.id, link.peer.name
         body = event.body
-        if msg_id > MAX_STORED_ID:
-            self.stats.rejected += 1
-            self._fill(link, slot, _rejection(msg_id, AckStatus.REFUSED, UNSTORABLE))
-            return
 
         def stored(seq: int | None, error: str) -> None:
             if seq is None:
                 self.stats.rejected += 1
-                self._fill(
-                    link,
-                    slot,
-                    lambda proto: proto.send_rejection(msg_id, AckStatus.UNAVAILABLE, error),
-                )
+                self._fill(link, slot, _rejection(msg_id, AckStatus.UNAVAILABLE, error))
                 return
             self.stats.accepted += 1
             target = self.clients.get(to)
-            away = target is None or target.deliveries is None
-            note = f"stored for {to}, who is not connected" if away else f"stored for {to}"
-            flags = frames.FLAG_STORED | (frames.FLAG_AWAY if away else 0)
-            self._fill(link, slot, _stored_ack(msg_id, note, flags))
+            self._fill(link, slot, _stored_ack(msg_id, to, self._away(to)))
             if target is not None:
                 on_answer = self._receipt_for(seq, session, msg_id)
                 self.deliver(target, body, sender, on_answer, seq)
@@ -942,7 +921,7 @@ class Broker:
             if sender is not None and isinstance(sender.proto, Connection) and sender_id:
                 self.stats.receipts += 1
                 status, reason, reply = ack.status, ack.reason, ack.reply
-                receipt = partial_receipt(sender_id, status, reason, reply)
+                receipt = _receipt(sender_id, status, reason, reply)
                 if sender.held is not None:  # behind the ACK the held events may hold
                     sender.parked.append(receipt)
                 else:
@@ -1009,8 +988,9 @@ class Broker:
                 return
             target = self.clients.get(name)
             if target is None:
-                note = f"stored for {name}, who is not connected"
-                on_answer(Ack(seq, AckStatus.OK, note, b"", frames.FLAG_STORED | frames.FLAG_AWAY))
+                on_answer(
+                    Ack(seq, AckStatus.OK, _stored_note(name, True), b"", _stored_flags(True))
+                )
                 return
             receipt = self._receipt_for(seq, None, 0)
 
@@ -1018,8 +998,7 @@ class Broker:
                 receipt(ack)
                 if ack.status == AckStatus.NOT_DELIVERED:  # it stays in the outbox
                     note = f"stored for {name}, who left before acknowledging"
-                    flags = frames.FLAG_STORED | frames.FLAG_AWAY
-                    on_answer(Ack(seq, AckStatus.OK, note, b"", flags))
+                    on_answer(Ack(seq, AckStatus.OK, note, b"", _stored_flags(True)))
                 else:
                     on_answer(ack._replace(flags=frames.FLAG_DELIVERED))
 
@@ -1195,6 +1174,11 @@ class Broker:
 
     # -- helpers ----------------------------------------------------------------------
 
+    def _away(self, name: str) -> bool:
+        """Client ``name`` cannot be sent to now: not connected, or leaving."""
+        target = self.clients.get(name)
+        return target is None or target.deliveries is None
+
     @staticmethod
     def _sender(link: Link) -> str | None:
         return link.peer.name or link.peer.address
@@ -1233,7 +1217,18 @@ def _ack_with(msg_id: int, reply: Reply) -> Callable[[Any], None]:
     return lambda proto: proto.send_ack(msg_id, body)
 
 
-def _stored_ack(msg_id: int, note: str, flags: int) -> Callable[[Any], None]:
+def _stored_note(name: str, away: bool) -> str:
+    return f"stored for {name}, who is not connected" if away else f"stored for {name}"
+
+
+def _stored_flags(away: bool) -> int:
+    return frames.FLAG_STORED | (frames.FLAG_AWAY if away else 0)
+
+
+def _stored_ack(msg_id: int, name: str, away: bool) -> Callable[[Any], None]:
+    """The server's ACK of a message it stored for client ``name``."""
+    note, flags = _stored_note(name, away), _stored_flags(away)
+
     def fill(proto: Any) -> None:
         if isinstance(proto, Connection):
             proto.send_answer(msg_id, AckStatus.OK, note, b"", flags)
@@ -1255,7 +1250,7 @@ def _answer_with(msg_id: int, ack: Ack, flags: int) -> Callable[[Any], None]:
     return fill
 
 
-def partial_receipt(msg_id: int, status: int, reason: str, reply: Body) -> Callable[[Any], None]:
+def _receipt(msg_id: int, status: int, reason: str, reply: Body) -> Callable[[Any], None]:
     return lambda proto: proto.send_receipt(msg_id, status, reason, reply)
 
 
