@@ -47,7 +47,7 @@ class PeerProtocol(asyncio.Protocol):
         self.pinged = False
         self.pause_timer: asyncio.TimerHandle | None = None
         self.paused_for: set[str] = set()
-        self.jobs: deque[RunHandler] = deque()  # for the async handler, in order
+        self.handler_calls: deque[RunHandler] = deque()  # for the async handler, in order
         self.worker: asyncio.Task[None] | None = None
 
     # -- asyncio callbacks ------------------------------------------------------------
@@ -143,7 +143,7 @@ class PeerProtocol(asyncio.Protocol):
 
     def run_handler(self, job: RunHandler) -> None:
         """Queue a call of the async handler; one worker runs them in order."""
-        self.jobs.append(job)
+        self.handler_calls.append(job)
         if self.worker is None:
             self.worker = asyncio.create_task(self._work())
 
@@ -151,15 +151,15 @@ class PeerProtocol(asyncio.Protocol):
         handler = cast(Callable[[Message, Peer], Awaitable[Reply]], self.server.handler)
         broker = self.broker
         try:
-            while self.jobs:
-                job = self.jobs.popleft()
+            while self.handler_calls:
+                job = self.handler_calls.popleft()
                 try:
                     reply = await handler(job.message, job.link.peer)
                 except Exception as exc:
                     broker.handler_failed(job.link, job.slot, job.message, exc)
                 else:
                     broker.handled(job.link, job.slot, job.message, reply)
-                if not self.jobs or len(self.jobs) % 64 == 0:
+                if not self.handler_calls or len(self.handler_calls) % 64 == 0:
                     self.server.run_actions()
         finally:
             self.worker = None
