@@ -17,8 +17,8 @@ but at moments the test chooses:
   ``net.lookups`` until ``net.answer_lookups()``.
 - ``RunHandler``: kept in ``net.jobs``; ``net.reply(client, id, reply)`` or
   ``net.raise_in(client, id, exc)`` answers it.
-- ``RefuseLogin``: answered at once with ``fail(AUTH_FAILED)``, as the server does when
-  no penalty applies; ``Notice``, ``Pause`` and ``Delivered`` are recorded.
+- ``CheckLogin``: checked at once (``broker.check_login``), as the server does for an
+  address that has not been failing; ``Notice``, ``Pause`` and ``Delivered`` are recorded.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from typing import Any
 
 from telex.core.broker import (
     Broker,
+    CheckLogin,
     Close,
     Commit,
     Delivered,
@@ -40,10 +41,9 @@ from telex.core.broker import (
     Notice,
     Pause,
     Peer,
-    RefuseLogin,
     RunHandler,
 )
-from telex.core.events import Body, ErrorCode, Event, Message
+from telex.core.events import Body, Event, Message
 from telex.core.protocol import Connection, Role
 from telex.core.records import Batch
 from telex.store import SQLiteStore
@@ -217,7 +217,7 @@ class Net:
         self.notices: list[Notice] = []
         self.pauses: list[Pause] = []
         self.delivered: list[Delivered] = []
-        self.refused: list[RefuseLogin] = []
+        self.logins: list[tuple[Link, bool]] = []  # each login checked, and if right
         self._count = 0
 
     def close(self) -> None:
@@ -284,9 +284,8 @@ class Net:
                 self.jobs.append(Job(client, action))
             case Pause():
                 self.pauses.append(action)
-            case RefuseLogin(link, reason):
-                self.refused.append(action)
-                broker.fail(link, ErrorCode.AUTH_FAILED, f"login refused: {reason}")
+            case CheckLogin(link):
+                self.logins.append((link, broker.check_login(link)))
             case Notice():
                 self.notices.append(action)
             case Delivered():

@@ -186,6 +186,46 @@ async def test_connection_limit_per_address() -> None:
         assert server.stats()["refused_connections"] == 1
 
 
+async def test_silent_connections_never_lock_out_a_real_client() -> None:
+    """300 connections that never finish a handshake, from the client's own address:
+    the oldest of them make room, and a client that completes its handshake gets in."""
+    async with Server(port=0) as server:
+        silent = [await asyncio.open_connection("127.0.0.1", server.port) for _ in range(300)]
+        await asyncio.sleep(0.1)  # the server has taken them all
+        async with telex.connect("127.0.0.1", server.port) as client:
+            assert (await client.send("in, despite the silent ones")).ok
+        oldest_reader, _ = silent[0]
+        async with asyncio.timeout(TIMEOUT):
+            told = await oldest_reader.read()
+        assert told.startswith(b"error: closed unfinished: more than 256 handshakes")
+        newest_reader, _ = silent[-1]
+        with pytest.raises(TimeoutError):  # the newest still has its slot
+            async with asyncio.timeout(0.2):
+                await newest_reader.read(1)
+        assert len(server.connections) == 255  # 256 slots, one given up for the client
+        for _, writer in silent:
+            writer.close()
+
+
+async def test_a_full_server_closes_the_oldest_unfinished_handshake() -> None:
+    limits = telex.Limits(max_connections=3)
+    async with Server(port=0, limits=limits) as server, telex.connect("127.0.0.1", server.port):
+        first = await asyncio.open_connection("127.0.0.1", server.port)
+        second = await asyncio.open_connection("127.0.0.1", server.port)
+        async with telex.connect("127.0.0.1", server.port) as late:  # takes first's slot
+            assert (await late.send("room was made")).ok
+            async with asyncio.timeout(TIMEOUT):
+                assert b"the server is full" in await first[0].read()
+            # Now every connection has finished its handshake but one: that one goes too.
+            async with telex.connect("127.0.0.1", server.port):
+                async with asyncio.timeout(TIMEOUT):
+                    assert b"the server is full" in await second[0].read()
+                with pytest.raises(telex.ConnectError, match="closed the connection"):
+                    await telex.connect("127.0.0.1", server.port)  # no one left to close
+        for _, writer in (first, second):
+            writer.close()
+
+
 async def test_quiet_client_is_pinged_and_stays() -> None:
     limits = telex.Limits(idle_timeout=0.6)
     async with (

@@ -294,7 +294,14 @@ def limit_options(function: Any) -> Any:
             type=click.IntRange(1),
             default=defaults.max_connections_per_address,
             show_default=True,
-            help="Connections at once from one address.",
+            help="Connections at once from one address that have finished their handshake.",
+        ),
+        click.option(
+            "--max-handshakes-per-address",
+            type=click.IntRange(1),
+            default=defaults.max_handshakes_per_address,
+            show_default=True,
+            help="Connections from one address still in their handshake; the oldest goes.",
         ),
         click.option(
             "--write-buffer-limit",

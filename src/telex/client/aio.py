@@ -293,16 +293,22 @@ class AsyncClient:
                     ssl=tls,
                     server_hostname=self.host if tls is not None and tls.check_hostname else None,
                 )
-        if tls is not None:
-            self._check_certificate(protocol)
-        protocol.verified = True
-        if protocol.challenge is not None:
-            self._answer_challenge(protocol)
         try:
+            if tls is not None:
+                self._check_certificate(protocol)
+            protocol.verified = True
+            if protocol.challenge is not None:
+                self._answer_challenge(protocol)
             async with asyncio.timeout(self.connect_timeout):
                 welcome = await protocol.welcome
         except TimeoutError as exc:
             protocol.close()
+            if protocol.challenge is not None:
+                raise ConnectError(
+                    f"{where} did not check the login within {self.connect_timeout:g} s "
+                    "(a server slows down logins from an address after failed ones: "
+                    "try again later, or with a longer --connect-timeout)"
+                ) from exc
             raise ConnectError(
                 f"{where} did not answer the telex handshake within {self.connect_timeout:g} s "
                 "(for a plain line-based server, use --text; for a TLS one, --tls)"
@@ -327,7 +333,7 @@ class AsyncClient:
                 f"{where} closed the connection during the handshake "
                 f"(is it at its connection limit, or not a telex server{hint}?)"
             ) from exc
-        except AuthenticationFailed:
+        except BaseException:  # a wrong pin, or the caller cancelled: leave nothing open
             protocol.close()
             raise
         self._conn = conn

@@ -15,6 +15,7 @@ async handler, report a notice) and writes the bytes of every link in ``dirty``.
 
 from __future__ import annotations
 
+import functools
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -159,6 +160,7 @@ class Link:
         "jobs",
         "key",
         "known",
+        "login",
         "max_stored",
         "open",
         "outgoing",
@@ -182,6 +184,7 @@ class Link:
         self.held: list[Event] | None = None  # events waiting for a store lookup
         self.parked: list[Callable[[Any], None]] = []  # receipts waiting for the held
         self.known: dict[int, Found | None] = {}  # resent ids looked up: stored or not
+        self.login: Callable[[], bool] | None = None  # a login waiting for its check
         self.max_stored = 0  # this session's highest stored id: lower ones may be resends
         self.outgoing: dict[int, OnAnswer] = {}  # sent to this client, not yet answered
         self.outgoing_answerable = True  # False once its input ended: no acks can come
@@ -197,6 +200,11 @@ class Link:
         self.hello: Hello | None = None
         self.key = b""
         self.challenge = b""
+
+    @property
+    def handshaking(self) -> bool:
+        """Not yet welcomed, or a text peer that has not yet logged in."""
+        return not self.open or self.text_login
 
     def describe(self) -> str:
         name = self.peer.name
@@ -255,11 +263,11 @@ class Pause:
 
 
 @dataclass(frozen=True, slots=True)
-class RefuseLogin:
-    """A failed login: the server answers ``fail(link, AUTH_FAILED, ...)`` after its penalty."""
+class CheckLogin:
+    """A login waits to be checked: the server calls ``check_login(link)`` when its
+    address's turn comes (it paces the logins of an address that keeps failing)."""
 
     link: Link
-    reason: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -277,7 +285,7 @@ class Delivered:
     ack: Ack
 
 
-Action = Close | Commit | Load | Find | RunHandler | Pause | RefuseLogin | Notice | Delivered
+Action = Close | Commit | Load | Find | RunHandler | Pause | CheckLogin | Notice | Delivered
 
 
 @dataclass(slots=True)
@@ -413,6 +421,8 @@ class Broker:
 
     def handle(self, link: Link, events: list[Event]) -> None:
         """Answer every event of one read, in order."""
+        if link.final is not None:
+            return  # it is being closed with an ERROR: nothing more is read
         if link.held is not None:
             link.held.extend(events)
             self._pause_if_full(link)
@@ -1041,29 +1051,45 @@ class Broker:
         )
 
     def _text_login(self, link: Link, events: list[Event]) -> list[Event]:
-        """A text peer's first line must be ``AUTH <token>`` (or ``AUTH <name> <token>``)."""
+        """A text peer's first line must be ``AUTH <token>`` (or ``AUTH <name> <token>``);
+        the rest of its lines wait for the check."""
         if not events:
             return events
         first = events[0]
-        assert self.gate is not None
-        ok, name = (False, None)
+        link.held = events[1:]
         if type(first) is Message and type(first.body) is str:
-            ok, name = self.gate.text_login(first.body)
+            link.login = functools.partial(self._finish_text_login, link, first)
+            self.actions.append(CheckLogin(link))
+        else:
+            self._refuse(link, "no AUTH line")
+        return []
+
+    def _finish_text_login(self, link: Link, line: Message) -> bool:
+        assert self.gate is not None and type(line.body) is str
+        ok, name = self.gate.text_login(line.body)
         if not ok:
-            link.text_login = False
-            link.held = []  # read nothing more
-            self._refuse(link, "wrong token" if type(first) is Message else "no AUTH line")
-            return []
+            self._refuse(link, "wrong token")
+            return False
         link.text_login = False
         link.peer.name = name
-        msg_id = cast(Message, first).id
-        self._answer(link, lambda proto: proto.send_ack(msg_id, "authenticated"))
-        return events[1:]
+        self._answer(link, lambda proto: proto.send_ack(line.id, "authenticated"))
+        held, link.held = link.held or [], None
+        if held:
+            self.handle(link, held)
+        return True
+
+    def check_login(self, link: Link) -> bool:
+        """The server's turn to check this link's login: admit it or refuse it. Returns
+        False for a wrong answer (the server then paces that address's next logins)."""
+        login, link.login = link.login, None
+        if login is None or link not in self.links or link.final is not None:
+            return True  # gone before its turn: nothing was checked
+        return login()
 
     def _refuse(self, link: Link, reason: str) -> None:
         self.stats.auth_failures += 1
         self._notice("refused", link, reason)
-        self.actions.append(RefuseLogin(link, reason))
+        self.fail(link, ErrorCode.AUTH_FAILED, f"login refused: {reason}")
 
     def _hello(self, link: Link, hello: Hello, rest: list[Event]) -> bool:
         link.peer.session = hello.session
@@ -1078,13 +1104,23 @@ class Broker:
         return self._admit(link, hello, rest)
 
     def _check_answer(self, link: Link, auth: Auth, rest: list[Event]) -> bool:
+        """The answer to the challenge waits for its check (``check_login``), and the rest
+        of the read with it."""
         hello, link.hello = link.hello, None
+        link.held = list(rest)
+        link.login = functools.partial(self._finish_login, link, hello, auth)
+        self.actions.append(CheckLogin(link))
+        return False
+
+    def _finish_login(self, link: Link, hello: Hello | None, auth: Auth) -> bool:
         assert self.gate is not None
         if hello is None or not self.gate.verify(link.key, link.challenge, auth.answer):
-            link.held = []  # read nothing more while the refusal waits
             self._refuse(link, "wrong token")
             return False
-        return self._admit(link, hello, rest)
+        held, link.held = link.held or [], None
+        if self._admit(link, hello, held) and held:
+            self.handle(link, held)
+        return True
 
     def _admit(self, link: Link, hello: Hello, rest: list[Event]) -> bool:
         """Give the client its name; with a store, read its session and outbox first

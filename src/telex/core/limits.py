@@ -19,6 +19,7 @@ class Limits:
     idle_timeout: float = 60.0
     max_connections: int = 10_000
     max_connections_per_address: int = 256
+    max_handshakes_per_address: int = 256
     write_buffer_limit: int = 1024 * 1024
 
     def __post_init__(self) -> None:

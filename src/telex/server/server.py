@@ -25,6 +25,7 @@ from typing import Any
 from .._version import __version__
 from ..core.broker import (
     Broker,
+    CheckLogin,
     Close,
     Commit,
     Delivered,
@@ -36,7 +37,6 @@ from ..core.broker import (
     Pause,
     Peer,
     PeerEvent,
-    RefuseLogin,
     RunHandler,
 )
 from ..core.events import Ack, AckStatus, Body, ErrorCode, Message
@@ -47,6 +47,7 @@ from ..exceptions import MessageRejected, TelexTimeout
 from ..security import TokenGate, Users
 from ..store.base import Store, StoreError, open_store
 from .adapter import PeerProtocol
+from .logins import LoginPacer
 
 __all__ = [
     "DEFAULT_PORT",
@@ -111,7 +112,6 @@ class Server:
         self.users = users
         self.gate = TokenGate(token, users) if token is not None or users is not None else None
         self.auth_required = self.gate is not None
-        self.auth_failures: dict[str, deque[float]] = {}  # by address, for the slow-down
         self.host = host
         self.port = port
         self.limits = limits or Limits()
@@ -128,9 +128,10 @@ class Server:
             advertised=self.limits.advertised(),
             agent=f"telex/{__version__}",
         )
-        self.connections: set[PeerProtocol] = set()
+        self.logins = LoginPacer(self.broker.check_login, then=self.run_actions)
+        self.connections: dict[PeerProtocol, None] = {}  # oldest first
         self.closing = False
-        self._per_address: dict[str, int] = {}
+        self._by_address: dict[str, dict[PeerProtocol, None]] = {}
         self._server: asyncio.Server | None = None
         self._watchdog: asyncio.Task[None] | None = None
         self._all_gone = asyncio.Event()
@@ -184,6 +185,7 @@ class Server:
             except TimeoutError:
                 for peer in list(self.connections):
                     peer.abort()
+        self.logins.close()
         if self._watchdog is not None:
             self._watchdog.cancel()
         if self._server is not None:
@@ -240,8 +242,8 @@ class Server:
                         link.io.run_handler(action)
                     case Pause(link, reading):
                         link.io.set_reading("broker", reading)
-                    case RefuseLogin():
-                        self._refuse_login(action)
+                    case CheckLogin(link):
+                        self.logins.submit(link)
                     case Notice(event):
                         self._notice(event)
                     case Delivered(seq, name, ack):
@@ -316,22 +318,6 @@ class Server:
 
         future = self._store_thread.submit(call, *args)
         future.add_done_callback(lambda f: loop.call_soon_threadsafe(done, f))
-
-    def _refuse_login(self, action: RefuseLogin) -> None:
-        """A failed login: answered after the address's penalty (if any), then closed."""
-        peer: PeerProtocol = action.link.io
-        delay = self.penalty(action.link.host)
-        peer.set_reading("login", False)
-        message = f"login refused: {action.reason}"
-
-        def refuse() -> None:
-            self.broker.fail(action.link, ErrorCode.AUTH_FAILED, message)
-            self.run_actions()
-
-        if delay:
-            asyncio.get_running_loop().call_later(delay, refuse)
-        else:
-            refuse()
 
     def _notice(self, event: PeerEvent) -> None:
         where = event.peer.address
@@ -458,41 +444,49 @@ class Server:
 
     # -- bookkeeping for connections ------------------------------------------------
 
-    def penalty(self, address: str) -> float:
-        """Seconds to wait before answering a failed login from ``address``: none for the
-        first 5 failures in a minute, then 1 s, 2 s, 4 s ... up to 30 s. Only the failing
-        address waits; everyone else is answered at once."""
-        now = time.monotonic()
-        failures = self.auth_failures.setdefault(address, deque())
-        while failures and now - failures[0] > 60:
-            failures.popleft()
-        failures.append(now)
-        excess = len(failures) - 5
-        return 0.0 if excess <= 0 else min(2.0 ** (excess - 1), 30.0)
-
     def admit(self, peer: PeerProtocol) -> bool:
+        """Take a new connection, or refuse it (False). Connections still in their
+        handshake have slots of their own: when those are full, the oldest is closed to
+        make room (as OpenSSH's MaxStartups does), so silent connections never lock out
+        a client that completes its handshake at once."""
+        limits = self.limits
         address = peer.link.host
-        if (
-            self.closing
-            or len(self.connections) >= self.limits.max_connections
-            or self._per_address.get(address, 0) >= self.limits.max_connections_per_address
-        ):
+        here = self._by_address.get(address, {})
+        starting = [other for other in here if other.link.handshaking]
+        if self.closing or len(here) - len(starting) >= limits.max_connections_per_address:
             self.broker.stats.refused_connections += 1
             return False
-        self.connections.add(peer)
-        self._per_address[address] = self._per_address.get(address, 0) + 1
+        if len(starting) >= limits.max_handshakes_per_address:
+            self._evict(starting[0], f"more than {len(starting)} handshakes from {address}")
+        if len(self.connections) >= limits.max_connections:
+            oldest = next((other for other in self.connections if other.link.handshaking), None)
+            if oldest is None:
+                self.broker.stats.refused_connections += 1
+                return False
+            self._evict(oldest, "the server is full")
+        self.connections[peer] = None
+        self._by_address.setdefault(address, {})[peer] = None
         return True
+
+    def _evict(self, peer: PeerProtocol, why: str) -> None:
+        """Close a connection still in its handshake to make room for a new one."""
+        self.forget(peer)
+        self.broker.stats.refused_connections += 1
+        reason = f"closed unfinished: {why}"
+        log.info("%s: %s", peer.link.describe(), reason)
+        self.broker.fail(peer.link, ErrorCode.TOO_MANY_CONNECTIONS, reason)
+        self.run_actions()
+        peer.abort()  # the ERROR went out if the socket took it; the slot is free now
 
     def forget(self, peer: PeerProtocol) -> None:
         if peer not in self.connections:
             return
-        self.connections.discard(peer)
+        del self.connections[peer]
         host = peer.link.host
-        left = self._per_address[host] - 1
-        if left:
-            self._per_address[host] = left
-        else:
-            del self._per_address[host]
+        here = self._by_address[host]
+        del here[peer]
+        if not here:
+            del self._by_address[host]
         if not self.connections:
             self._all_gone.set()
 
