@@ -38,6 +38,7 @@ from .console import (
 
 EXIT_OK, EXIT_REJECTED, EXIT_USAGE, EXIT_CONNECT, EXIT_LOST = 0, 1, 2, 3, 4
 EXIT_CERTIFICATE, EXIT_AUTH = 5, 6
+EXIT_INTERRUPTED = 130  # Ctrl-C, as shells report a SIGINT
 
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])

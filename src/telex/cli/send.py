@@ -8,7 +8,9 @@ import functools
 import json
 import os
 import sys
+import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import click
@@ -24,9 +26,11 @@ from ..exceptions import (
 )
 from .common import (
     EXIT_CONNECT,
+    EXIT_INTERRUPTED,
     EXIT_LOST,
     EXIT_OK,
     EXIT_REJECTED,
+    EXIT_USAGE,
     Address,
     Security,
     client_errors,
@@ -44,6 +48,7 @@ from .console import (
     read_lines,
 )
 from .render import body_fields, printable
+from .resume import Progress, SendSession, SessionFileError
 
 # -- send --------------------------------------------------------------------------------
 
@@ -62,12 +67,14 @@ def argument_body(argument: str) -> Body:
 class AckPrinter:
     """Prints each acknowledgment as it arrives; counts rejections."""
 
-    def __init__(self, out: Output, each: bool, to: str | None, progress: Any = None) -> None:
+    def __init__(self, out: Output, each: bool, to: str | None) -> None:
+        self.output = out
         self.as_json = out.as_json
         self.style = out.style
         self.each = each
         self.to = to
-        self.progress = progress
+        self.progress: Any = None  # a bar on a terminal, in place of the lines
+        self.resume: Progress | None = None  # --session: the progress to save
         self.sizes: dict[int, int] = {}  # bytes of each message in flight, by id
         self.acked = 0
         self.rejected = 0
@@ -76,6 +83,8 @@ class AckPrinter:
     def __call__(self, ack: Ack) -> None:
         size = self.sizes.pop(ack.id, 0)
         self.acked += 1
+        if self.resume is not None:
+            self.resume.answered()
         if self.progress is not None:
             self.progress.advance(0)
         if not ack.ok:
@@ -143,6 +152,14 @@ class AckPrinter:
     show_default=True,
     help="Messages in flight before waiting for acknowledgments.",
 )
+@click.option(
+    "--session",
+    "session_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    metavar="FILE",
+    help="Keep the session and progress in FILE: run again after a kill, the sender skips "
+    "what was acknowledged and the server recognises what it stored; nothing is sent twice.",
+)
 @timeout_option
 @connect_timeout_option
 @retries_option(10)
@@ -156,6 +173,7 @@ def send(
     to: str | None,
     wait_delivery: bool,
     window: int,
+    session_file: Path | None,
     timeout: float,
     connect_timeout: float,
     retries: int,
@@ -166,6 +184,9 @@ def send(
     With '-' as the message, or no message and a pipe on stdin, every line of stdin is
     a message: they are sent pipelined, and telex exits once all are acknowledged.
 
+    Each run is a new session unless --session FILE is given: a sender killed and run
+    again without it sends (and a server stores) everything again.
+
     \b
     Exit codes:
       0  every message acknowledged
@@ -175,6 +196,7 @@ def send(
       4  connection lost, timed out or broken, with messages unacknowledged
       5  the server's TLS certificate was refused
       6  the server refused the token
+      130 interrupted (Ctrl-C): how many were acknowledged and how many not is printed
     With --wait-delivery, 4 also when a delivery was not confirmed in time.
     """
     sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]  # acks as they come
@@ -183,10 +205,28 @@ def send(
         raise click.UsageError("give a MESSAGE, or '-' to send each line of stdin")
     if wait_delivery and to is None:
         raise click.UsageError("--wait-delivery goes with --to")
+    if text_mode and session_file is not None:
+        raise click.UsageError("--session goes with telex's own protocol, not --text")
     receipts: dict[int, Receipt] = {}
     arrived = asyncio.Event()
     host, port = address
+    out = Output(as_json)
+    progress_bar = from_stdin and sys.stderr.isatty()
+    # A bar on a terminal replaces the lines.
+    printer = AckPrinter(out, not (progress_bar and sys.stdout.isatty()), to)
+    resume = None
+    state = SendSession(uuid.uuid4().hex)
     try:
+        if session_file is not None:
+            state, resuming = SendSession.open(session_file)
+            resume = Progress(state, session_file)
+            state.save(session_file)  # a file that cannot be written fails before sending
+            if resuming:
+                click.echo(
+                    f"telex: resuming session {state.session}: skipping the first "
+                    f"{state.answered} messages, answered in an earlier run",
+                    err=True,
+                )
         if text_mode:
             code = run(
                 _send_text(host, port, messages, from_stdin, as_json, timeout, connect_timeout)
@@ -200,14 +240,19 @@ def send(
                 connect_timeout=connect_timeout,
                 reconnect=retries > 0,
                 retries=retries,
+                session=state.session,
+                first_id=state.next_id,
                 on_receipt=functools.partial(_keep_receipt, receipts, arrived),
                 **security.client_options(host, port, interactive=False),
             )
             waiting = (receipts, arrived) if wait_delivery else None
             with client_errors():
+                skip = state.answered if resume is not None else 0
                 code = run(
-                    _send(client, messages, from_stdin, Output(as_json), to, window, waiting)
+                    _send(client, messages, from_stdin, printer, window, waiting, resume, skip)
                 )
+    except SessionFileError as exc:
+        fail(str(exc), EXIT_USAGE)
     except ConnectError as exc:
         fail(f"cannot connect: {exc}", EXIT_CONNECT)
     except ConnectionClosed as exc:
@@ -215,7 +260,13 @@ def send(
     except TelexError as exc:
         fail(str(exc), EXIT_LOST)
     except KeyboardInterrupt:
-        fail("interrupted", EXIT_LOST)
+        sys.stdout.flush()
+        fail(
+            f"interrupted: {printer.acked} messages answered ({printer.rejected} of them "
+            f"rejected), {len(printer.sizes)} sent and not acknowledged"
+            + (f"; run again with --session {session_file} to resume" if resume else ""),
+            EXIT_INTERRUPTED,
+        )
     sys.exit(code)
 
 
@@ -223,17 +274,18 @@ async def _send(
     client: AsyncClient,
     messages: tuple[str, ...],
     from_stdin: bool,
-    out: Output,
-    to: str | None,
+    printer: AckPrinter,
     window: int,
-    waiting: tuple[dict[int, Receipt], asyncio.Event] | None = None,
+    waiting: tuple[dict[int, Receipt], asyncio.Event] | None,
+    resume: Progress | None,
+    skip: int,
 ) -> int:
     await client.connect()
-    show_progress = from_stdin and sys.stderr.isatty()
-    each = not (show_progress and sys.stdout.isatty())  # a bar on a terminal replaces the lines
+    out, to = printer.output, printer.to
+    summary = not printer.each  # a bar in place of the lines: a count at the end instead
     with contextlib.ExitStack() as stack:
         progress = None
-        if show_progress:
+        if from_stdin and sys.stderr.isatty():
             from rich.console import Console
             from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
@@ -246,26 +298,38 @@ async def _send(
             )
             stack.enter_context(progress)
             progress.add_task("send", total=None)
-        printer = AckPrinter(out, each, to, progress)
+        printer.progress = progress
+        printer.resume = resume
         source = read_lines() if from_stdin else _given(messages)
 
         async def sized() -> AsyncIterator[Body]:
+            skipped = 0
             async for body in source:
+                if skipped < skip:  # answered in the run this one resumes
+                    skipped += 1
+                    continue
                 size = len(body.encode() if isinstance(body, str) else body)
                 printer.sizes[client.next_id] = size
                 yield body
 
         unconfirmed = 0
+        finished = False
         try:
             acks = await client.send_many(sized(), window=window, on_ack=printer, to=to)
+            finished = True
             if waiting is not None:
                 unconfirmed = await _wait_for_receipts(acks, *waiting, client.timeout, out, to)
         except ConnectionClosed as exc:  # count what was read but never acknowledged
             raise ConnectionClosed(exc.reason, len(printer.sizes)) from exc
+        except asyncio.CancelledError:  # Ctrl-C: take the acks on their way, then stop
+            client.timeout = min(client.timeout, 0.5)
+            raise
         finally:
             sys.stdout.flush()
+            if resume is not None:
+                resume.finish(finished)
             await client.close()
-    if not each:
+    if summary:
         click.echo(f"{printer.acked} messages acknowledged, {printer.rejected} rejected", err=True)
     if unconfirmed:
         click.echo(f"telex: {unconfirmed} deliveries not confirmed in time", err=True)

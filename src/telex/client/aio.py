@@ -202,6 +202,8 @@ class AsyncClient:
     it. When a connection that was up drops, the client reconnects with backoff (up to
     ``retries`` times), resends every message not yet acknowledged under its first id,
     and the server acknowledges again, without storing twice, what it already had.
+    A sender that resumes a session after its process ended gives the same ``session``
+    and the ``first_id`` its messages had then (``telex send --session`` does).
     """
 
     def __init__(
@@ -219,6 +221,7 @@ class AsyncClient:
         reconnect_delay: float = 0.1,
         stay_after_goodbye: bool = True,
         session: str | None = None,
+        first_id: int = 1,
         on_state: Callable[[str], object] | None = None,
         on_receipt: Callable[[Receipt], object] | None = None,
         ssl: SSLContext | None = None,
@@ -257,7 +260,10 @@ class AsyncClient:
         self._conn = Connection(Role.CLIENT, max_message_size=max_message_size)
         self._protocol: _ClientProtocol | None = None
         self._pending: dict[int, asyncio.Future[Ack]] = {}
+        if type(first_id) is not int or not 1 <= first_id < 2**63:
+            raise ValueError(f"first_id is from 1 to 2**63 - 1, not {first_id!r}")
         self._session = ClientSession(self.session)  # ids, resend, redeliveries
+        self._session.next_id = first_id
         self._limit = max_message_size  # the server's, once its WELCOME says
         self._refused: dict[int, Ack] = {}  # refused here, answered in their turn
         self._failure: TelexError | None = None  # the end, for good
@@ -625,10 +631,13 @@ class AsyncClient:
         """
         acks: list[Ack] = []
         in_flight: deque[asyncio.Future[Ack]] = deque()
+        unreported: deque[asyncio.Future[Ack]] = deque()  # for on_ack, in order
 
-        def report(future: asyncio.Future[Ack]) -> None:
-            if on_ack is not None and not future.cancelled() and future.exception() is None:
-                on_ack(future.result())
+        def report(_: object = None) -> None:
+            while unreported and unreported[0].done():
+                future = unreported.popleft()
+                if on_ack is not None and not future.cancelled() and future.exception() is None:
+                    on_ack(future.result())
 
         try:
             async for body in _each(bodies):
@@ -637,11 +646,13 @@ class AsyncClient:
                 future = self.send_nowait(body, to=to)
                 future.add_done_callback(report)  # as acks arrive, even while input waits
                 in_flight.append(future)
+                unreported.append(future)
                 protocol = self._protocol
                 if protocol is not None and protocol.can_write is not None:
                     await protocol.can_write
             while in_flight:
                 acks.append(await self._wait(in_flight.popleft(), timeout))
+            report()  # a future found done when awaited may not have run its callback yet
         except BaseException:
             for future in in_flight:  # their failure is reported by the one raised here
                 if future.done() and not future.cancelled():
