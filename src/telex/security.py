@@ -15,6 +15,7 @@ import datetime
 import hashlib
 import hmac
 import ipaddress
+import logging
 import os
 import secrets
 import socket
@@ -38,6 +39,8 @@ __all__ = [
     "stretch",
     "verify_answer",
 ]
+
+log = logging.getLogger("telex.server")
 
 PBKDF2_ROUNDS = 200_000
 DOMAIN = b"telex-auth-v1"
@@ -214,33 +217,69 @@ class User:
 
 class Users:
     """The users file: one line a name, ``NAME SALT_HEX KEY_HEX`` (the key is PBKDF2 of the
-    user's token with that salt; the token itself is not kept)."""
+    user's token with that salt; the token itself is not kept).
+
+    A server reads it again when it changes (``refresh`` at each login), so ``telex user
+    add`` and ``telex user remove`` take effect at the next login without a restart."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.users: dict[str, User] = {}
+        self._stamp: tuple[int, int] | None = None
         if path.exists():
-            for number, line in enumerate(path.read_text().splitlines(), 1):
-                if not line.strip() or line.startswith("#"):
-                    continue
-                try:
-                    name, salt, key = line.split()
-                    self.users[name] = User(name, bytes.fromhex(salt), bytes.fromhex(key))
-                except ValueError as exc:
-                    raise AuthError(f"{path}:{number}: not NAME SALT KEY") from exc
+            self.users, self._stamp = self._read()
+
+    def _read(self) -> tuple[dict[str, User], tuple[int, int]]:
+        users: dict[str, User] = {}
+        stat = self.path.stat()
+        for number, line in enumerate(self.path.read_text().splitlines(), 1):
+            if not line.strip() or line.startswith("#"):
+                continue
+            try:
+                name, salt, key = line.split()
+                users[name] = User(name, bytes.fromhex(salt), bytes.fromhex(key))
+            except ValueError as exc:
+                raise AuthError(f"{self.path}:{number}: not NAME SALT KEY") from exc
+        return users, (stat.st_mtime_ns, stat.st_size)
+
+    def refresh(self) -> None:
+        """Read the file again if it changed since; a file that went bad or away keeps
+        the table last read (and says so in the log)."""
+        try:
+            stat = self.path.stat()
+            if (stat.st_mtime_ns, stat.st_size) != self._stamp:
+                self.users, self._stamp = self._read()
+        except (OSError, UnicodeDecodeError, AuthError) as exc:
+            log.warning("users file: %s: the users read before still hold", exc)
 
     def get(self, name: str | None) -> User | None:
         return None if name is None else self.users.get(name)
+
+    def names(self) -> list[str]:
+        return sorted(self.users)
 
     def add(self, name: str, token: str) -> None:
         """Add (or replace) ``name`` with its token, and write the file (owner only)."""
         salt = secrets.token_bytes(16)
         self.users[name] = User(name, salt, stretch(token, salt))
+        self.save()
+
+    def remove(self, name: str) -> bool:
+        """Take ``name`` out and write the file; False if it was not there."""
+        if self.users.pop(name, None) is None:
+            return False
+        self.save()
+        return True
+
+    def save(self) -> None:
+        """Write the file whole (owner only), then put it in place: never half-written."""
         lines = [f"{u.name} {u.salt.hex()} {u.key.hex()}\n" for u in self.users.values()]
-        descriptor = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        partial = self.path.with_name(self.path.name + ".partial")
+        descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(descriptor, "w") as users_file:
             users_file.write("# telex users: NAME SALT PBKDF2-SHA256(token, salt)\n")
             users_file.writelines(lines)
+        os.replace(partial, self.path)
 
 
 # -- known hosts ---------------------------------------------------------------------------
@@ -290,6 +329,8 @@ class TokenGate:
 
     def key_for(self, name: str | None) -> tuple[bytes, bytes] | None:
         """(key, salt) a client must prove: its own with a users file, else the token."""
+        if self.users is not None:
+            self.users.refresh()
         user = None if self.users is None else self.users.get(name)
         if user is not None:
             return user.key, user.salt
@@ -310,6 +351,8 @@ class TokenGate:
 
     def text_login(self, line: str) -> tuple[bool, str | None]:
         """``AUTH <token>``, or ``AUTH <name> <token>`` for a name in the users file."""
+        if self.users is not None:
+            self.users.refresh()
         command, _, rest = line.strip().partition(" ")
         rest = rest.strip()
         if command != "AUTH" or not rest:

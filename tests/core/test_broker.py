@@ -901,14 +901,15 @@ def test_an_invalid_name_gets_error_15(make_net: MakeNet) -> None:
     assert alice.closed
 
 
-def test_the_name_server_is_refused(make_net: MakeNet) -> None:
+@pytest.mark.parametrize("name", ["server", "Server", "you", "EVERYONE"])
+def test_the_consoles_own_names_are_refused(make_net: MakeNet, name: str) -> None:
     net = make_net()
     client = net.client()
-    client.hello("server")
+    client.hello(name)
     client.send()
-    assert client.take() == [error(ErrorCode.NAME_TAKEN, "the name 'server' is in use")]
+    assert client.take() == [error(ErrorCode.NAME_TAKEN, f"the name {name!r} is reserved")]
     assert client.closed
-    assert "server" not in net.broker.clients
+    assert name not in net.broker.clients
 
 
 # -- commit failures ---------------------------------------------------------------------------

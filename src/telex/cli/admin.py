@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import click
 
+from ..core.broker import RESERVED_NAMES
 from ..core.protocol import valid_name
 from ..security import (
     AuthError,
@@ -20,6 +23,8 @@ from .common import (
     EXIT_USAGE,
     fail,
 )
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 # -- cert and user ------------------------------------------------------------------------
 
@@ -76,14 +81,28 @@ def user() -> None:
     """Manage the users file of telex serve --users."""
 
 
+def users_option(help: str) -> Callable[[F], F]:
+    return click.option(
+        "--users",
+        type=click.Path(dir_okay=False, path_type=Path),
+        required=True,
+        help=help,
+    )
+
+
+def open_users(path: Path, *, must_exist: bool) -> Users:
+    if must_exist and not path.is_file():
+        fail(f"no users file at {path} (telex user add NAME --users {path} makes one)", EXIT_USAGE)
+    try:
+        return Users(path)
+    except (AuthError, OSError, UnicodeDecodeError) as exc:
+        fail(f"cannot read the users file {path}: {exc}", EXIT_USAGE)
+    raise AssertionError  # fail() exits
+
+
 @user.command("add")
 @click.argument("name")
-@click.option(
-    "--users",
-    type=click.Path(dir_okay=False, path_type=Path),
-    required=True,
-    help="The users file (made if missing).",
-)
+@users_option("The users file (made if missing).")
 @click.option(
     "--token-file",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
@@ -94,11 +113,13 @@ def user_add(name: str, users: Path, token_file: Path | None, force: bool) -> No
     """Give NAME a token: only a client with it can hold the name."""
     if not valid_name(name):
         fail(f"{name!r} is not a name: 1 to 32 letters, digits, . _ -", EXIT_USAGE)
+    if name.lower() in RESERVED_NAMES:
+        fail(f"{name!r} is reserved (server, you and everyone are)", EXIT_USAGE)
     try:
         token = load_token(token_file) if token_file is not None else None
-        table = Users(users)
     except AuthError as exc:
         fail(str(exc), EXIT_USAGE)
+    table = open_users(users, must_exist=False)
     if table.get(name) is not None and not force:
         fail(f"{name} is in {users} already (--force gives it a new token)", EXIT_USAGE)
     made = token is None
@@ -113,3 +134,27 @@ def user_add(name: str, users: Path, token_file: Path | None, force: bool) -> No
             f"telex: {name}'s token, shown once: keep it in a file for --token-file", err=True
         )
     click.echo(f"telex: {name} added to {users}", err=True)
+
+
+@user.command("list")
+@users_option("The users file.")
+def user_list(users: Path) -> None:
+    """Print the names in the users file, one a line."""
+    for name in open_users(users, must_exist=True).names():
+        click.echo(name)
+
+
+@user.command("remove")
+@click.argument("name")
+@users_option("The users file.")
+def user_remove(name: str, users: Path) -> None:
+    """Take NAME out of the users file: a running server refuses its token from the next
+    login on (connections already open stay)."""
+    table = open_users(users, must_exist=True)
+    try:
+        removed = table.remove(name)
+    except OSError as exc:
+        fail(f"cannot write {users}: {exc.strerror or exc}", EXIT_USAGE)
+    if not removed:
+        fail(f"{name} is not in {users}", EXIT_USAGE)
+    click.echo(f"telex: {name} removed from {users}", err=True)

@@ -10,6 +10,7 @@ from typing import Any
 import click
 
 from ..client.aio import AsyncClient
+from ..core.address import format_address
 from .common import (
     EXIT_LOST,
     EXIT_OK,
@@ -19,6 +20,7 @@ from .common import (
     connect_timeout_option,
     json_option,
     log_to_stderr,
+    name_option,
     retries_option,
     run,
     security_options,
@@ -36,7 +38,7 @@ from .console import (
 
 @click.command()
 @click.argument("address", type=Address())
-@click.option("--name", help="Your name on the server (default: one it makes up).")
+@name_option("Your name on the server (default: one it makes up).")
 @json_option
 @timeout_option
 @connect_timeout_option
@@ -89,7 +91,7 @@ def chat(
 
 @click.command()
 @click.argument("address", type=Address())
-@click.option("--name", help="Your name on the server (default: one it makes up).")
+@name_option("Your name on the server (default: one it makes up).")
 @json_option
 @connect_timeout_option
 @retries_option(10)
@@ -143,7 +145,7 @@ async def _listen(
     )
     stop = stop_on_signals()
     await client.connect()
-    click.echo(f"telex: listening as {client.name} on {host}:{port}", err=True)
+    click.echo(f"telex: listening as {client.name} on {format_address((host, port))}", err=True)
     stopped = asyncio.create_task(stop.wait())
     closed = asyncio.create_task(client.wait_closed())
     await asyncio.wait([stopped, closed], return_when=asyncio.FIRST_COMPLETED)

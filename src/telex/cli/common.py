@@ -17,7 +17,10 @@ from typing import Any, TypeVar, cast
 import click
 import platformdirs
 
+from ..core.address import format_address
+from ..core.broker import RESERVED_NAMES
 from ..core.limits import Limits
+from ..core.protocol import valid_name
 from ..exceptions import (
     AuthenticationFailed,
     CertificateRejected,
@@ -31,7 +34,6 @@ from ..security import (
     normal_fingerprint,
 )
 from ..server import DEFAULT_PORT
-from ..server.adapter import format_address
 from .console import (
     StderrHandler,
 )
@@ -96,6 +98,25 @@ class Address(click.ParamType):  # type: ignore[type-arg]
             return parse_address(str(value))
         except click.BadParameter as exc:
             self.fail(exc.message, param, ctx)
+
+
+class ClientName(click.ParamType):  # type: ignore[type-arg]
+    """A name a client may ask for: checked here, so a bad one is a usage error before
+    any connection (the server would refuse it with ERROR 15 or 14)."""
+
+    name = "NAME"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        text = str(value)
+        if not valid_name(text):
+            self.fail(f"{text!r} is not a name: 1 to 32 letters, digits, . _ -", param, ctx)
+        if text.lower() in RESERVED_NAMES:
+            self.fail(f"{text!r} is reserved (server, you and everyone are)", param, ctx)
+        return text
+
+
+def name_option(help: str) -> Callable[[F], F]:
+    return click.option("--name", type=ClientName(), help=help)
 
 
 def default_db() -> Path:
@@ -217,11 +238,11 @@ class Security:
                 fail(f"cannot use --cafile {self.cafile}: {exc}", EXIT_USAGE)
         else:
             known = KnownHosts(Path(platformdirs.user_config_dir("telex")) / "known_hosts")
-            if interactive or known.get(f"{host}:{port}") is not None:
+            if interactive or known.get(format_address((host, port))) is not None:
                 options.update(
                     ssl=client_context(verify=False),
                     known_hosts=known,
-                    trust=ask_trust(f"{host}:{port}") if interactive else None,
+                    trust=ask_trust(format_address((host, port))) if interactive else None,
                 )
             else:
                 options.update(ssl=client_context())  # the system's trust store

@@ -22,6 +22,7 @@ from typing import Any
 import click
 
 from ..client.aio import AsyncClient
+from ..core.address import format_address
 from ..core.events import Ack, Body, Message, Receipt
 from ..core.textmode import text_body
 from ..server import Peer, PeerEvent, Server, default_handler
@@ -354,7 +355,8 @@ class ChatSession:
         )
 
     def status(self) -> str:
-        return f" {self.client.name or '?'} @ {self.host}:{self.port} · {self.state} · /help"
+        where = format_address((self.host, self.port))
+        return f" {self.client.name or '?'} @ {where} · {self.state} · /help"
 
     def _on_state(self, state: str) -> None:
         """The client's reconnecting, said once on a line and kept on the status line."""

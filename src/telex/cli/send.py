@@ -37,6 +37,7 @@ from .common import (
     connect_timeout_option,
     fail,
     json_option,
+    name_option,
     retries_option,
     run,
     security_options,
@@ -133,7 +134,7 @@ class AckPrinter:
     is_flag=True,
     help="Talk to a plain line-based server (nc -l): each answer line is the ack.",
 )
-@click.option("--name", help="The name this client gives in the handshake.")
+@name_option("The name this client gives in the handshake.")
 @click.option(
     "--to",
     metavar="NAME",

@@ -14,6 +14,7 @@ from typing import Any
 import click
 
 from .._version import __version__
+from ..core.address import format_address
 from ..core.limits import Limits
 from ..security import (
     AuthError,
@@ -97,8 +98,9 @@ from .console import (
 @click.option(
     "--users",
     type=click.Path(dir_okay=False, path_type=Path),
-    help="Names that belong to someone: a client holds a listed name only with that name's "
-    "token (telex user add). Without it, names are first come, first served.",
+    help="Only the names listed here may log in, each with its own token (telex user add, "
+    "list, remove; changes hold from the next login). With --token-file too, other names "
+    "log in with the shared token. Without either, names are first come, first served.",
 )
 @limit_options
 def serve(
@@ -153,7 +155,7 @@ def serve(
         user_file = None if users is None else Users(users)
     except (OSError, ssl.SSLError) as exc:
         fail(f"cannot load the certificate: {exc}", EXIT_USAGE)
-    except AuthError as exc:
+    except (AuthError, UnicodeDecodeError) as exc:
         fail(str(exc), EXIT_USAGE)
     server = Server(
         default_handler if quiet else MessagePrinter(out),
@@ -172,7 +174,9 @@ def serve(
     try:
         run(_serve(server, out, interactive))
     except OSError as exc:
-        fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}", EXIT_CONNECT)
+        fail(
+            f"cannot listen on {format_address((host, port))}: {exc.strerror or exc}", EXIT_CONNECT
+        )
     finally:
         if store is not None:
             store.close()
@@ -189,7 +193,8 @@ async def _serve(server: Server, out: Output, interactive: bool) -> None:
     if server.auth_required:
         secured.append("a token required" if server.users is None else "tokens required")
     out.record("listening", host=server.host, port=server.port, store=where)
-    out.line(f"telex {__version__} listening on {server.host}:{server.port} (Ctrl-C to stop)")
+    where = format_address((server.host, server.port))
+    out.line(f"telex {__version__} listening on {where} (Ctrl-C to stop)")
     out.line(f"messages stored in {where}", dim=True)
     if secured:
         out.line(" and ".join(secured), dim=True)

@@ -28,6 +28,7 @@ from ssl import SSLContext
 from typing import Any, cast
 
 from .._version import __version__
+from ..core.address import format_address
 from ..core.events import (
     Ack,
     AckStatus,
@@ -80,7 +81,7 @@ ClientHandler = Callable[[Message], Reply] | Callable[[Message], Awaitable[Reply
 @contextlib.contextmanager
 def connect_errors(host: str, port: int, timeout: float) -> Iterator[None]:
     """Turn the ways a TCP connect fails into one ``ConnectError`` that says which."""
-    where = f"{host}:{port}"
+    where = format_address((host, port))
     try:
         yield
     except ssl.SSLCertVerificationError as exc:
@@ -273,7 +274,7 @@ class AsyncClient:
 
     @property
     def address(self) -> str:
-        return f"{self.host}:{self.port}"
+        return format_address((self.host, self.port))
 
     async def connect(self) -> AsyncClient:
         """Open the connection and finish the handshake, or raise ``ConnectError``.

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
+from ..core.address import format_address
 from ..core.events import Body
 from ..core.textmode import text_body
 from ..exceptions import ConnectionClosed, TelexTimeout
@@ -72,7 +73,7 @@ class TextClient:
                 if self._buffer:  # an answer without a newline, ended by a pause
                     answer, self._buffer = self._buffer, b""
                     return answer
-                where = f"{self.host}:{self.port}"
+                where = format_address((self.host, self.port))
                 raise TelexTimeout(f"no answer from {where} within {self.timeout:g} s") from None
             if not chunk:
                 if self._buffer:

@@ -71,6 +71,10 @@ MAX_STORED_ID = 2**63 - 1
 legal on the wire, is refused by a server with a store, alone, with a reason."""
 UNSTORABLE = f"message ids above {MAX_STORED_ID} cannot be stored"
 
+RESERVED_NAMES = frozenset({"server", "you", "everyone"})
+"""Names no client may hold, in any case: the consoles use them for the server, for the
+user's own messages and for a message to every client."""
+
 HELD_HIGH = 10_000
 """Events or handler jobs waiting on one link before the server stops reading from it."""
 HELD_LOW = 1_000
@@ -866,9 +870,13 @@ class Broker:
         msg_id = event.id
         slot = Slot()
         link.answers.append(slot)
-        if to.lower() == "server":
+        if to.lower() in RESERVED_NAMES:  # no client holds one: nothing to store it for
             self.stats.rejected += 1
-            reason = "the server is not a client: send it a MESSAGE, without a name"
+            reason = (
+                "the server is not a client: send it a MESSAGE, without a name"
+                if to.lower() == "server"
+                else f"{to!r} is a reserved name: no client holds it"
+            )
             self._fill(link, slot, _rejection(msg_id, AckStatus.NOT_DELIVERED, reason))
             return
         if self.stored:
@@ -1127,7 +1135,8 @@ class Broker:
         (the rest of the read waits for that)."""
         name = self._claim_name(link, hello.name)
         if name is None:
-            self.fail(link, ErrorCode.NAME_TAKEN, f"the name {hello.name!r} is in use")
+            used = "reserved" if (hello.name or "").lower() in RESERVED_NAMES else "in use"
+            self.fail(link, ErrorCode.NAME_TAKEN, f"the name {hello.name!r} is {used}")
             return False
         link.peer.name = name
         if self.stored:
@@ -1197,7 +1206,7 @@ class Broker:
                 wanted = f"guest-{self._guests}"
                 if wanted not in self.clients:
                     break
-        elif wanted.lower() == "server":  # reserved in any case: it names the server
+        elif wanted.lower() in RESERVED_NAMES:
             return None
         elif (holder := self.clients.get(wanted)) is not None:
             session = link.peer.session

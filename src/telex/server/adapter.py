@@ -12,8 +12,9 @@ import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, cast
 
+from ..core.address import format_address
 from ..core.broker import Link, Peer, Reply, RunHandler
 from ..core.events import ErrorCode, Message
 from ..core.protocol import Connection, looks_framed
@@ -22,16 +23,9 @@ from ..core.textmode import TextConnection
 if TYPE_CHECKING:
     from .server import Server
 
-__all__ = ["PeerProtocol", "format_address"]
+__all__ = ["PeerProtocol"]
 
 log = logging.getLogger("telex.server")
-
-
-def format_address(address: Any) -> str:
-    if isinstance(address, tuple) and len(address) >= 2:
-        host, port = address[0], address[1]
-        return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
-    return str(address)
 
 
 class PeerProtocol(asyncio.Protocol):
