@@ -465,8 +465,16 @@ def test_listen_exit_codes() -> None:
         server.process.kill()  # no goodbye: the connection is lost, and stays lost
         assert listener.wait(timeout=TIMEOUT) == 4
     with serve("--quiet") as server, listening(server.address) as listener:
-        listener.send_signal(signal.SIGTERM)
+        listener.send_signal(signal.SIGTERM)  # a supervisor stopping it: a normal end
         assert listener.wait(timeout=TIMEOUT) == 0
+    with serve("--quiet") as server, listening(server.address, "--name", "bot") as listener:
+        assert telex("send", server.address, "--to", "bot", "one").returncode == 0
+        assert listener.stdout is not None
+        read_line(listener.stdout)
+        listener.send_signal(signal.SIGINT)  # Ctrl-C: 130, and how many arrived
+        _, err = listener.communicate(timeout=TIMEOUT)
+        assert listener.returncode == 130
+        assert err.splitlines()[-1] == "telex: interrupted: 1 messages received"
 
 
 def test_the_serve_console_reads_stdin_without_a_terminal() -> None:

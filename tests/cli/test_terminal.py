@@ -69,8 +69,10 @@ TELEX = [sys.executable, "-m", "telex"]
 
 def test_serve_and_chat_talk_both_ways(terminal: Terminal) -> None:
     port = str(closed_port())
-    terminal.start("serve", *TELEX, "serve", "--port", port, "--db", temp_db())
+    db = temp_db()
+    terminal.start("serve", *TELEX, "serve", "--port", port, "--db", db)
     terminal.wait_for("serve", f"listening on 127.0.0.1:{port}")
+    terminal.wait_for("serve", f"messages stored in {db}")
     terminal.start("chat", *TELEX, "chat", f"127.0.0.1:{port}", "--name", "alice")
     terminal.wait_for("serve", "alice joined")
     terminal.wait_for("chat", "alice @ 127.0.0.1")  # the status line
@@ -141,3 +143,27 @@ def test_chat_over_tls_asks_on_first_contact_and_remembers(
     terminal.type("first", "/quit")
     terminal.start("again", *chat, "--name", "bob")  # remembered: no question this time
     terminal.wait_for("serve", "bob joined")
+
+
+def test_ctrl_c_in_chat_waits_for_what_is_unacknowledged_and_says_so(terminal: Terminal) -> None:
+    """Ctrl-C with a message waiting for a reconnection: the chat says it waits for it;
+    a second Ctrl-C leaves without it, exit 130, and the last line counts it."""
+    port = str(closed_port())
+    terminal.start("serve", *TELEX, "serve", "--port", port, "--db", temp_db())
+    terminal.wait_for("serve", "listening")
+    chat = [*TELEX, "chat", f"127.0.0.1:{port}", "--name", "alice", "--timeout", "20"]
+    # In a shell that prints the exit status when the chat ends (it ignores Ctrl-C itself).
+    shell = f'trap true INT; {shlex.join(chat)}; echo "exit status $?"; sleep 60'
+    terminal.start("chat", "sh", "-c", shell)
+    terminal.wait_for("serve", "alice joined")
+    terminal.type("chat", "first")
+    terminal.wait_for("chat", "✓ #1 server acknowledged")
+    terminal.type("serve", "/quit")
+    terminal.wait_for("chat", "reconnecting (attempt")
+    terminal.type("chat", "are you there")
+    terminal.wait_for("chat", "(waits for the reconnection)")
+    terminal.run("send-keys", "-t", "t:chat", "C-c")
+    terminal.wait_for("chat", "1 not yet acknowledged: waiting up to 20 s")
+    terminal.run("send-keys", "-t", "t:chat", "C-c")
+    terminal.wait_for("chat", "telex: interrupted: 1 messages acknowledged, 1 not acknowledged")
+    terminal.wait_for("chat", "exit status 130")

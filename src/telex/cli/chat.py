@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 import sys
 from typing import Any
 
@@ -11,13 +12,16 @@ import click
 
 from ..client.aio import AsyncClient
 from ..core.address import format_address
+from ..core.events import Message
 from .common import (
+    EXIT_INTERRUPTED,
     EXIT_LOST,
     EXIT_OK,
     Address,
     Security,
     client_errors,
     connect_timeout_option,
+    fail,
     json_option,
     log_to_stderr,
     name_option,
@@ -64,8 +68,11 @@ def chat(
     server's fingerprint and asks; the answer is remembered (as ssh's known_hosts), and a
     remembered fingerprint that changes is refused.
 
-    Exit codes: 0 left normally; 3 cannot connect; 4 gave up reconnecting; 5 the
-    certificate was refused; 6 the token was refused.
+    Exit codes: 0 left normally, everything acknowledged; 3 cannot connect; 4 gave up
+    reconnecting, or left with messages unacknowledged (it waits --timeout for them
+    first); 5 the certificate was refused; 6 the token was refused; 130 Ctrl-C (it
+    waits for the acks on their way; a second Ctrl-C does not). The last line says how
+    many messages were acknowledged and how many not.
     """
     log_to_stderr(logging.WARNING)
     host, port = address
@@ -85,7 +92,11 @@ def chat(
         with client_errors():
             code = run(session.run(interactive))
     except KeyboardInterrupt:
-        code = EXIT_OK
+        code = EXIT_INTERRUPTED
+    if code == EXIT_INTERRUPTED:
+        fail(f"interrupted: {session.summary()}", EXIT_INTERRUPTED)
+    if session.unanswered:
+        fail(session.summary(), EXIT_LOST)
     sys.exit(code)
 
 
@@ -109,9 +120,9 @@ def listen(
     Runs until the server says goodbye or Ctrl-C (or SIGTERM). A connection that drops
     is reconnected (--retries times at most).
 
-    Exit codes: 0 the server said goodbye, or stopped by a signal; 3 cannot connect;
+    Exit codes: 0 the server said goodbye, or stopped by SIGTERM; 3 cannot connect;
     4 the connection was lost and could not be made again; 5 the certificate was refused;
-    6 the token was refused.
+    6 the token was refused; 130 Ctrl-C (SIGINT), with how many messages arrived.
     """
     sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
     log_to_stderr(logging.WARNING)
@@ -131,12 +142,19 @@ async def _listen(
     retries: int,
     options: dict[str, Any],
 ) -> int:
+    received = 0
+
+    def show(message: Message) -> None:  # the ack goes once it is printed
+        nonlocal received
+        show_message(out, message)
+        received += 1
+
     client = AsyncClient(
         host,
         port,
         name=name,
         connect_timeout=connect_timeout,
-        handler=lambda message: show_message(out, message),
+        handler=show,
         reconnect=retries > 0,
         retries=retries,
         stay_after_goodbye=False,
@@ -152,6 +170,9 @@ async def _listen(
     stopped.cancel()
     if stop.is_set():
         await client.close()
+        if stop.signum == signal.SIGINT:
+            click.echo(f"telex: interrupted: {received} messages received", err=True)
+            return EXIT_INTERRUPTED
         return EXIT_OK
     if client.server_said_goodbye:
         return EXIT_OK

@@ -354,15 +354,22 @@ def one_line_for_tls_errors(loop: asyncio.AbstractEventLoop, context: dict[str, 
     loop.default_exception_handler(context)
 
 
-def stop_on_signals() -> asyncio.Event:
+class Stop(asyncio.Event):
+    """Set by SIGINT or SIGTERM; ``signum`` says which (Ctrl-C exits 130, SIGTERM 0)."""
+
+    signum = 0
+
+
+def stop_on_signals() -> Stop:
     """An event set by SIGINT or SIGTERM, so either ends the command cleanly; a second
     signal ends the process at once."""
-    stop = asyncio.Event()
+    stop = Stop()
     loop = asyncio.get_running_loop()
 
     def stop_or_exit(signum: int) -> None:
         if stop.is_set():  # a second signal: the user means now
             os._exit(128 + signum)
+        stop.signum = signum
         stop.set()
 
     for signum in (signal.SIGINT, signal.SIGTERM):

@@ -137,8 +137,9 @@ async def run_prompt(
     on_line: Callable[[str], Awaitable[bool]],
     status: Callable[[], str],
     prompt: str = "> ",
-) -> None:
-    """Prompt at the bottom of the terminal until Ctrl-D, Ctrl-C or ``on_line`` says stop."""
+) -> bool:
+    """Prompt at the bottom of the terminal until Ctrl-D, Ctrl-C or ``on_line`` says stop;
+    True if it was Ctrl-C."""
     from prompt_toolkit import PromptSession
     from prompt_toolkit.patch_stdout import patch_stdout
 
@@ -149,10 +150,12 @@ async def run_prompt(
                 line = await session.prompt_async(
                     prompt, bottom_toolbar=status, refresh_interval=0.5
                 )
-            except (EOFError, KeyboardInterrupt):
-                return
+            except EOFError:
+                return False
+            except KeyboardInterrupt:
+                return True
             if not await on_line(line):
-                return
+                return False
 
 
 def clock() -> str:
@@ -340,6 +343,9 @@ class ChatSession:
         self.connected = asyncio.Event()
         self.gave_up = asyncio.Event()
         self.recipients: dict[int, str] = {}  # message id -> the client it was for
+        self.unanswered: set[int] = set()  # ids sent and not yet answered
+        self.answered = 0
+        self.interrupted = False  # Ctrl-C: exit 130
         self.client = AsyncClient(
             host,
             port,
@@ -401,6 +407,7 @@ class ChatSession:
         msg_id = self.client.next_id
         who = command.to or "server"
         future = self.client.send_nowait(command.text, to=command.to)
+        self.unanswered.add(msg_id)
         if command.to is not None:
             self.recipients[msg_id] = command.to
         arrow = f" → @{command.to}" if command.to else ""
@@ -415,13 +422,16 @@ class ChatSession:
             return
         error = future.exception()
         if error is None:
+            self.unanswered.discard(msg_id)
+            self.answered += 1
             show_ack(self.out, who, future.result())
         else:
             self.out.line(f"  ✗ #{msg_id} not acknowledged: {error}", fg="red")
             self.out.record("ack", id=msg_id, status="unacknowledged", reason=str(error))
 
     async def run(self, interactive: bool) -> int:
-        """Until /quit, Ctrl-D or the end of stdin; 0, or 4 if reconnecting failed."""
+        """Until /quit, Ctrl-D, Ctrl-C or the end of stdin: 0; 4 if reconnecting failed
+        or a message stayed unacknowledged; 130 after Ctrl-C."""
         await self.start()
         if interactive:
             prompt = asyncio.create_task(run_prompt(self.on_line, self.status))
@@ -429,10 +439,24 @@ class ChatSession:
             await asyncio.wait([prompt, gave_up], return_when=asyncio.FIRST_COMPLETED)
             prompt.cancel()
             gave_up.cancel()
+            if prompt.done() and not prompt.cancelled():
+                self.interrupted = prompt.result()
         else:
             async for line in read_lines():
                 text = line if isinstance(line, str) else line.decode("utf-8", "replace")
                 if not await self.on_line(text):
                     break
-        await self.client.close()
-        return 4 if self.gave_up.is_set() else 0
+        if self.unanswered and not self.gave_up.is_set():
+            self.out.line(
+                f"-- {len(self.unanswered)} not yet acknowledged: waiting up to "
+                f"{self.client.timeout:g} s (Ctrl-C leaves without them)",
+                fg="yellow",
+            )
+        await self.client.close()  # waits for the acks on their way
+        if self.interrupted:
+            return 130
+        return 4 if self.gave_up.is_set() or self.unanswered else 0
+
+    def summary(self) -> str:
+        """What happened to what was sent, for the last line."""
+        return f"{self.answered} messages acknowledged, {len(self.unanswered)} not acknowledged"

@@ -127,6 +127,13 @@ def serve(
     connect too: each line they send is a message and gets one answer line. Ctrl-C (or
     SIGTERM) stops the server cleanly: it answers what already arrived and says goodbye
     to every client.
+
+    \b
+    Exit codes:
+      0  stopped (Ctrl-C, SIGTERM or /quit); the last line counts what it did
+      2  usage error, or a certificate, key, token or users file it cannot use
+      3  cannot open the store (another server has it: named) or listen on the address
+      130, 143  a second Ctrl-C or SIGTERM while stopping: stopped at once
     """
     sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
     log_to_stderr(logging.WARNING)  # joins and leaves are printed as events instead
@@ -193,8 +200,8 @@ async def _serve(server: Server, out: Output, interactive: bool) -> None:
     if server.auth_required:
         secured.append("a token required" if server.users is None else "tokens required")
     out.record("listening", host=server.host, port=server.port, store=where)
-    where = format_address((server.host, server.port))
-    out.line(f"telex {__version__} listening on {where} (Ctrl-C to stop)")
+    address = format_address((server.host, server.port))
+    out.line(f"telex {__version__} listening on {address} (Ctrl-C to stop)")
     out.line(f"messages stored in {where}", dim=True)
     if secured:
         out.line(" and ".join(secured), dim=True)
