@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -402,3 +403,200 @@ def test_a_new_store_is_its_owners_alone(tmp_path: Path) -> None:
     for file in path.parent.iterdir():  # the file, and its -wal and -shm
         assert file.stat().st_mode & 0o777 == 0o600, file
     store.close()
+
+
+# -- reading a big store from the end (issue 10): -n, --from, --to, --since -------------
+
+
+def mixed(store: SQLiteStore) -> list[tuple[int, str | None, str | None, float]]:
+    """Segments of one to four messages and client messages, interleaved, from three
+    senders, a commit a second from time 100 on; (seq, sender, recipient, received) of all."""
+    names = ["alice", "bob", "carol"]
+    ids = dict.fromkeys(names, 0)
+    for turn in range(24):
+        sender = names[turn % 3]
+        items: list[Item] = []
+        for _ in range(1 + turn % 4):
+            ids[sender] += 1
+            items.append((ids[sender], f"{sender} {ids[sender]}", "received"))
+        envelopes = []
+        for _ in range(turn // 3 % 3):
+            ids[sender] += 1
+            recipient = names[(turn + 1) % 3]
+            envelopes.append(
+                Envelope(recipient, f"{sender} {ids[sender]}", sender, sender, ids[sender])
+            )
+        batch = Batch([Inbound(sender, sender, items)], envelopes)
+        if turn % 5 == 4:  # a client message before the segment, too
+            ids[sender] += 1
+            early = Envelope("alice", f"{sender} {ids[sender]}", sender, sender, ids[sender])
+            store.commit(Batch(envelopes=[early]), 100.0 + turn)
+        store.commit(batch, 100.0 + turn)
+    return [(r.seq, r.sender, r.recipient, r.received) for r in store.records()]
+
+
+FILTERS: list[dict[str, object]] = [
+    {},
+    {"sender": "bob"},
+    {"recipient": "server"},
+    {"recipient": "carol"},
+    {"since": 117.0},
+    {"sender": "carol", "since": 110.0},
+    {"sender": "alice", "recipient": "bob"},
+    {"after_seq": 40},
+    {"sender": "bob", "after_seq": 40},
+]
+
+
+def matches(row: tuple[int, str | None, str | None, float], filters: dict[str, object]) -> bool:
+    seq, sender, recipient, received = row
+    since = filters.get("since")
+    return (
+        filters.get("sender", sender) == sender
+        and filters.get("recipient", recipient or "server") == (recipient or "server")
+        and (since is None or received >= since)  # type: ignore[operator]
+        and seq > filters.get("after_seq", 0)  # type: ignore[operator]
+    )
+
+
+@pytest.mark.parametrize("filters", FILTERS)
+def test_limit_gives_exactly_the_last_n_across_both_tables(
+    store: SQLiteStore, filters: dict[str, object]
+) -> None:
+    everything = mixed(store)
+    assert store.db.execute("SELECT COUNT(*) FROM segments").fetchone()[0] == 24
+    assert store.db.execute("SELECT COUNT(*) FROM messages").fetchone()[0] > 20
+    wanted = [row[0] for row in everything if matches(row, filters)]
+    assert wanted, "a filter that matches nothing tests nothing"
+    assert [r.seq for r in store.records(**filters)] == wanted  # type: ignore[arg-type]
+    for n in range(1, len(wanted) + 2):
+        got = [r.seq for r in store.records(limit=n, **filters)]  # type: ignore[arg-type]
+        assert got == wanted[-n:], n
+
+
+def test_limit_splits_a_segment_and_keeps_its_order(store: SQLiteStore) -> None:
+    store.commit(Batch(envelopes=[Envelope("bob", "before")]), 1.0)
+    store.commit(inbound("s", "alice", *[(i, f"m{i}", "r") for i in range(1, 6)]), 2.0)
+    assert bodies(store, limit=3) == ["m3", "m4", "m5"]
+    assert bodies(store, limit=6) == ["before", "m1", "m2", "m3", "m4", "m5"]
+    assert bodies(store, limit=2, after_seq=4) == ["m4", "m5"]  # after_seq inside it
+    assert bodies(store, after_seq=4) == ["m4", "m5"]
+
+
+def test_since_takes_a_segment_whole_at_its_one_time(store: SQLiteStore) -> None:
+    store.commit(inbound("s", "alice", (1, "a", "r"), (2, "b", "r")), 10.0)
+    store.commit(inbound("s", "alice", (3, "c", "r"), (4, "d", "r")), 20.0)
+    assert bodies(store, since=15.0) == ["c", "d"]
+    assert bodies(store, since=10.0, limit=3) == ["b", "c", "d"]
+    assert bodies(store, since=21.0) == []
+
+
+def test_since_is_exact_when_the_clock_went_back(store: SQLiteStore) -> None:
+    """The rows since a time are found from the lowest seq stored since then, not from
+    the first one in time: a clock set back does not hide the messages before it."""
+    store.commit(Batch(envelopes=[Envelope("bob", "old")]), 50.0)
+    store.commit(Batch(envelopes=[Envelope("bob", "late")]), 60.0)
+    store.commit(inbound("s", "alice", (1, "segment late", "r")), 61.0)
+    store.commit(Batch(envelopes=[Envelope("bob", "set back")]), 55.0)
+    store.commit(inbound("s", "alice", (2, "segment set back", "r")), 54.0)
+    store.commit(Batch(envelopes=[Envelope("bob", "new")]), 70.0)
+    assert bodies(store, since=58.0) == ["late", "segment late", "new"]
+    assert bodies(store, since=58.0, limit=2) == ["segment late", "new"]
+
+
+def test_next_seq_reads_the_end_of_both_tables(store: SQLiteStore) -> None:
+    assert store.next_seq() == 1
+    store.commit(inbound("s", "alice", (1, "a", "r"), (2, "b", "r"), (3, "c", "r")), 1.0)
+    assert store.next_seq() == 4
+    store.commit(Batch(envelopes=[Envelope("bob", "d")]), 2.0)
+    assert store.next_seq() == 5
+
+
+class Planner:
+    """A stand-in for the store's connection that keeps SQLite's plan of each query."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+        self.plans: list[tuple[str, str]] = []
+
+    def execute(self, sql: str, args: object = ()) -> sqlite3.Cursor:
+        plan = self.db.execute(f"EXPLAIN QUERY PLAN {sql}", args)  # type: ignore[arg-type]
+        self.plans.append((sql, " / ".join(row[3] for row in plan)))
+        return self.db.execute(sql, args)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("filters", [*FILTERS, {"sender": "server"}, {"since": 0.0}])
+@pytest.mark.parametrize("limit", [None, 3])
+def test_every_log_query_walks_an_index_in_order(
+    store: SQLiteStore, filters: dict[str, object], limit: int | None
+) -> None:
+    """What keeps ``telex log -n``, --from, --to and --since fast on a big store: each
+    query reads a range of the index its filter names, in seq order, and sorts nothing."""
+    mixed(store)
+    planner = Planner(store.db)
+    store.db = planner  # type: ignore[assignment]
+    try:
+        list(store.records(limit=limit, **filters))  # type: ignore[arg-type]
+    finally:
+        store.db = planner.db
+    assert planner.plans
+    for sql, plan in planner.plans:
+        assert "SCAN" not in plan and "TEMP B-TREE" not in plan, (sql, plan)
+        assert not re.search(r"SEARCH \w+( /|$)", plan), (sql, plan)  # a range, of an index
+        filtered = [
+            index
+            for column, index in (
+                ("sender", "(sender=?"),
+                ("recipient", "(recipient=?"),
+                (" received", "(received>?)"),  # the bound's query; ``+received`` only filters
+            )
+            if re.search(rf"{column} (= \?|IS NULL|>= \?)", sql)
+        ]
+        assert not filtered or any(index in plan for index in filtered), (sql, plan)
+
+
+def downgrade_to_3(path: Path) -> None:
+    """A store as version 3 left it: version 4 only added indexes."""
+    db = sqlite3.connect(path, isolation_level=None)
+    for name in re.findall(r"CREATE INDEX (\w+)", MIGRATIONS[3]):
+        db.execute(f"DROP INDEX {name}")
+    db.execute("PRAGMA user_version = 3")
+    db.close()
+
+
+def test_a_version_3_store_is_migrated_to_4_and_keeps_its_messages(tmp_path: Path) -> None:
+    path = tmp_path / "t.db"
+    store = SQLiteStore(path)
+    everything = mixed(store)
+    indexes = "SELECT name FROM sqlite_master WHERE type = 'index' ORDER BY name"
+    new = [row[0] for row in store.db.execute(indexes)]
+    store.close()
+    downgrade_to_3(path)
+    store = SQLiteStore(path)
+    assert store.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
+    assert [(r.seq, r.sender, r.recipient, r.received) for r in store.records()] == everything
+    assert [row[0] for row in store.db.execute(indexes)] == new
+    assert store.commit(Batch(envelopes=[Envelope("bob", "after")]), 200.0).envelopes == [
+        everything[-1][0] + 1
+    ]
+    store.close()
+
+
+def test_an_old_store_opened_read_only_is_read_the_same_without_the_indexes(
+    tmp_path: Path,
+) -> None:
+    """``telex log`` cannot migrate (the server does when it starts): slower, not wrong."""
+    path = tmp_path / "t.db"
+    store = SQLiteStore(path)
+    everything = mixed(store)
+    store.close()
+    downgrade_to_3(path)
+    old = SQLiteStore(path, readonly=True)
+    try:
+        assert old.db.execute("PRAGMA user_version").fetchone()[0] == 3
+        for filters in FILTERS:
+            wanted = [row[0] for row in everything if matches(row, filters)]
+            assert [r.seq for r in old.records(limit=4, **filters)] == wanted[-4:]  # type: ignore[arg-type]
+            assert [r.seq for r in old.records(**filters)] == wanted  # type: ignore[arg-type]
+    finally:
+        old.close()

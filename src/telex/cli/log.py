@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlite3
 import sys
 import time
+from collections.abc import Iterable
 from datetime import datetime
 from pathlib import Path
 
@@ -47,7 +48,12 @@ def parse_since(value: str) -> float:
 @click.option("--since", metavar="WHEN", help="Only since WHEN: 30s, 15m, 1h, 2d or ISO time.")
 @click.option("--limit", "-n", type=click.IntRange(1), help="Only the last N messages.")
 @json_option
-@click.option("--follow", "-f", is_flag=True, help="Keep printing messages as they are stored.")
+@click.option(
+    "--follow",
+    "-f",
+    is_flag=True,
+    help="Print messages as they are stored, from now on (after the last N with -n).",
+)
 def log(
     db: Path | None,
     sender: str | None,
@@ -58,6 +64,9 @@ def log(
     follow: bool,
 ) -> None:
     """Show what was said, from the store (also while a server is running).
+
+    With --follow, only what is stored from now on, unless -n asks for the last N
+    messages first.
 
     Exit codes: 0 done (or stopped with Ctrl-C while following); 2 usage error,
     or no store at that path.
@@ -72,11 +81,15 @@ def log(
     except (StoreError, sqlite3.Error) as exc:
         fail(f"cannot read the store {path}: {exc}", EXIT_USAGE)
     out = Output(as_json)
-    last = 0
     try:
-        for record in store.records(sender=sender, recipient=recipient, since=start, limit=limit):
+        last = store.next_seq() - 1  # the end, read first: what comes later is new
+        if follow and limit is None:
+            old: Iterable[Record] = ()  # following shows what is new, not the whole store
+        else:
+            old = store.records(sender=sender, recipient=recipient, since=start, limit=limit)
+        for record in old:
             show_record(out, record)
-            last = record.seq
+            last = max(last, record.seq)
         while follow:
             time.sleep(0.25)  # a poll of the file: the server may be another process
             for record in store.records(

@@ -18,9 +18,9 @@ knows nothing of the protocol: it takes and gives the records of ``telex.core.re
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import heapq
+import itertools
 import os
 import sqlite3
 import struct
@@ -80,6 +80,16 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE messages ADD COLUMN status INTEGER;
     ALTER TABLE messages ADD COLUMN reason TEXT;
+    """,
+    # version 4: what `telex log` filters on (see _filters). An index entry ends with its
+    # row's seq, so the entries of one sender or recipient are in seq order: the newest N
+    # are read from the end, without a sort.
+    """
+    CREATE INDEX messages_from ON messages (sender);
+    CREATE INDEX messages_to ON messages (recipient);
+    CREATE INDEX messages_since ON messages (received);
+    CREATE INDEX segments_from ON segments (sender);
+    CREATE INDEX segments_since ON segments (received);
     """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -183,9 +193,10 @@ class SQLiteStore(Store):
     def next_seq(self) -> int:
         """The number the next stored message gets: the caller numbers rows itself, so
         that a message can be sent under its number as soon as it is stored."""
-        last = self.db.execute(
+        last = self.db.execute(  # rows never overlap: the last segment ends the highest
             "SELECT MAX((SELECT COALESCE(MAX(seq), 0) FROM messages), "
-            "(SELECT COALESCE(MAX(seq + count - 1), 0) FROM segments))"
+            "COALESCE((SELECT seq + count - 1 FROM segments "
+            "WHERE seq = (SELECT MAX(seq) FROM segments)), 0))"
         ).fetchone()[0]
         return int(last) + 1
 
@@ -294,46 +305,105 @@ class SQLiteStore(Store):
         after_seq: int = 0,
         limit: int | None = None,
     ) -> Iterator[Record]:
-        """Stored messages, oldest first, filtered. The server is named "server"."""
+        """Stored messages, oldest first, filtered. The server is named "server".
+
+        With ``limit``, both tables are read from their newest row back, and only as far
+        as the last ``limit`` messages go: ``telex log -n 2`` costs the same on any store."""
         merged = heapq.merge(
-            self._message_records(sender, recipient, since, after_seq),
-            self._segment_records(sender, recipient, since, after_seq),
-            key=lambda record: record.seq,
+            self._message_records(sender, recipient, since, after_seq, limit),
+            self._segment_records(sender, recipient, since, after_seq, limit),
+            key=_seq,
+            reverse=limit is not None,  # then each comes newest first
         )
         if limit is None:
             yield from merged
         else:
-            yield from collections.deque(merged, maxlen=limit)
+            yield from reversed(list(itertools.islice(merged, limit)))
 
     def _message_records(
-        self, sender: str | None, recipient: str | None, since: float | None, after_seq: int
+        self,
+        sender: str | None,
+        recipient: str | None,
+        since: float | None,
+        after_seq: int,
+        limit: int | None,
     ) -> Iterator[Record]:
-        where, args = _filters(sender, since, after_seq, "seq")
+        """The rows of ``messages`` that match, in seq order (newest first with ``limit``)."""
+        filters = self._filters("messages", sender, since, after_seq + 1)
+        if filters is None:
+            return
+        where, args = filters
         if recipient == "server":
             where.append("recipient IS NULL")
         elif recipient is not None:
             where.append("recipient = ?")
             args.append(recipient)
-        # The WHERE terms are fixed strings of this module; every value is a parameter.
         columns = "seq, sender, recipient, sender_id, body, reply, received, delivered"
-        query = f"SELECT {columns} FROM messages WHERE {' AND '.join(where)} ORDER BY seq"  # noqa: S608
-        for row in self.db.execute(query, args):
-            yield Record(*row)
+        yield from itertools.starmap(
+            Record, self.db.execute(*_select("messages", columns, where, args, limit))
+        )
 
     def _segment_records(
-        self, sender: str | None, recipient: str | None, since: float | None, after_seq: int
+        self,
+        sender: str | None,
+        recipient: str | None,
+        since: float | None,
+        after_seq: int,
+        limit: int | None,
     ) -> Iterator[Record]:
+        """The messages of the rows of ``segments`` that match, like ``_message_records``.
+        A row holds one or more, so ``limit`` rows are always enough."""
         if recipient not in (None, "server"):
             return  # segments hold the messages for the server only
-        where, args = _filters(sender, since, after_seq, "seq + count - 1")
-        columns = "seq, sender, received, messages"
-        query = f"SELECT {columns} FROM segments WHERE {' AND '.join(where)} ORDER BY seq"  # noqa: S608
-        for first, who, received, blob in self.db.execute(query, args):
-            for offset, (sender_id, body, reply) in enumerate(unpack(blob)):
-                if first + offset > after_seq:
-                    yield Record(
-                        first + offset, who, None, sender_id, body, reply, received, received
-                    )
+        first = after_seq + 1
+        if after_seq:  # the row holding it starts at or before it
+            start = self.db.execute("SELECT MAX(seq) FROM segments WHERE seq <= ?", (first,))
+            first = start.fetchone()[0] or first
+        filters = self._filters("segments", sender, since, first)
+        if filters is None:
+            return
+        where, args = filters
+        where.append("seq + count - 1 > ?")
+        args.append(after_seq)
+        query = _select("segments", "seq, sender, received, messages", where, args, limit)
+        for seq, who, received, blob in self.db.execute(*query):
+            records = [
+                Record(seq + offset, who, None, sender_id, body, reply, received, received)
+                for offset, (sender_id, body, reply) in enumerate(unpack(blob))
+                if seq + offset > after_seq
+            ]  # ``received`` is the row's, one time for all of them
+            yield from reversed(records) if limit is not None else records
+
+    def _filters(
+        self, table: str, sender: str | None, since: float | None, first: int
+    ) -> tuple[list[str], list[Any]] | None:
+        """The WHERE terms both tables share, from seq ``first`` on; None if no row matches.
+
+        The rows since a time are found as a range of seqs, from the lowest seq the index
+        on ``received`` gives: the query stays in seq order, so ``ORDER BY seq DESC LIMIT
+        n`` reads n rows where a sort by time would read them all. Without that index (a
+        store no server has migrated yet, opened read-only) the same queries scan."""
+        if since is not None:
+            # MIN(+seq): the + keeps SQLite on the index, not its MIN shortcut of walking
+            # up from seq 1 to the first row that is recent enough.
+            oldest = self.db.execute(
+                f"SELECT MIN(+seq) FROM {table} WHERE received >= ?",  # noqa: S608
+                (since,),
+            ).fetchone()[0]
+            if oldest is None:
+                return None
+            first = max(first, oldest)
+        where = ["seq >= ?"]
+        args: list[Any] = [first]
+        if sender == "server":
+            where.append("sender IS NULL")
+        elif sender is not None:
+            where.append("sender = ?")
+            args.append(sender)
+        if since is not None:
+            where.append("+received >= ?")  # a filter, not an index to walk
+            args.append(since)
+        return where, args
 
     def close(self) -> None:
         self.db.close()
@@ -360,21 +430,20 @@ def _segment_row(
     return (seq, len(items), session, sender, min(ids), max(ids), received, pack(items))
 
 
-def _filters(
-    sender: str | None, since: float | None, after_seq: int, last_seq: str
-) -> tuple[list[str], list[Any]]:
-    """The WHERE terms both tables share; ``last_seq`` is the SQL of a row's last seq."""
-    where = [f"{last_seq} > ?"]
-    args: list[Any] = [after_seq]
-    if sender == "server":
-        where.append("sender IS NULL")
-    elif sender is not None:
-        where.append("sender = ?")
-        args.append(sender)
-    if since is not None:
-        where.append("received >= ?")
-        args.append(since)
-    return where, args
+def _select(
+    table: str, columns: str, where: list[str], args: list[Any], limit: int | None
+) -> tuple[str, list[Any]]:
+    """The query and its parameters for ``columns`` of ``table``'s rows that match, in seq
+    order, or the last ``limit`` of them newest first. The WHERE terms are fixed strings
+    of this module; every value is a parameter."""
+    query = f"SELECT {columns} FROM {table} WHERE {' AND '.join(where)} ORDER BY seq"  # noqa: S608
+    if limit is None:
+        return query, args
+    return f"{query} DESC LIMIT ?", [*args, limit]
+
+
+def _seq(record: Record) -> int:
+    return record.seq
 
 
 def _create_private(path: Path) -> None:
