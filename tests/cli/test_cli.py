@@ -126,9 +126,10 @@ def test_a_pipe_with_no_message_reads_stdin_and_json_output() -> None:
         result = telex("send", server.address, "--json", stdin="one\ntwo\n")
     assert result.returncode == 0, result.stderr
     assert records(result.stdout) == [
-        {"id": 1, "status": "ok", "outcome": "acknowledged", "reply": "received", "bytes": 3},
-        {"id": 2, "status": "ok", "outcome": "acknowledged", "reply": "received", "bytes": 3},
-    ]
+        {"event": "ack", "id": i, "to": None, "status": "ok", "outcome": "acknowledged",
+         "away": False, "reply": "received", "bytes": 3}
+        for i in (1, 2)
+    ]  # fmt: skip
 
 
 def test_rejected_messages_exit_1() -> None:
@@ -431,13 +432,14 @@ def test_send_to_a_listening_client_with_json() -> None:
         assert result.returncode == 0, result.stderr
         assert records(result.stdout) == [
             {
+                "event": "ack",
                 "id": 1,
+                "to": "bot",
                 "status": "ok",
                 "outcome": "stored",
-                "to": "bot",
+                "away": False,
                 "reply_base64": "",
                 "bytes": 11,
-                "away": False,
             }
         ]
         assert bot.stdout is not None
@@ -545,7 +547,7 @@ def test_log_follow_prints_messages_as_they_are_stored() -> None:
     with serve("--quiet", "--db", db) as server:
         assert telex("send", server.address, "before").returncode == 0
         follower = subprocess.Popen(
-            [*TELEX, "log", "--db", db, "--follow", "--json"],
+            [*TELEX, "log", "--db", db, "--follow", "-n", "1", "--json"],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,

@@ -951,7 +951,7 @@ def test_resend_without_store_is_handled_again(env):
     assert (again.id, again.status, again.reply) == (1, tx.OK, b"received")
     a2.close()
     events = [json.loads(x) for x in s.out_path.read_text().splitlines() if x.startswith("{")]
-    handled = [e for e in events if e.get("event") == "message" and e.get("name") == name]
+    handled = [e for e in events if e.get("event") == "message" and e.get("sender") == name]
     assert len(handled) == 2
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import json
 import logging
 import os
 import signal
@@ -56,9 +57,25 @@ def run(coroutine: Coroutine[Any, Any, T]) -> T:
         return runner.run(coroutine)
 
 
+class _Errors:
+    as_json = False  # --json was given: errors are JSON lines on stdout too
+
+
+ERRORS = _Errors()
+
+
 def fail(message: str, code: int) -> None:
+    """One line on stderr and the exit code; with --json, an ``error`` line on stdout too
+    (docs/json.md), so a script reading stdout sees why the stream ended."""
+    if ERRORS.as_json:
+        print(json.dumps({"event": "error", "message": message, "exit": code}), flush=True)
     click.echo(f"telex: {message}", err=True)
     sys.exit(code)
+
+
+def _json_errors(ctx: click.Context, param: click.Parameter, value: bool) -> bool:
+    ERRORS.as_json = value
+    return value
 
 
 def parse_address(value: str) -> tuple[str, int]:
@@ -124,7 +141,13 @@ def default_db() -> Path:
     return Path(platformdirs.user_data_dir("telex")) / "telex.db"
 
 
-json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON object a line.")
+json_option = click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    callback=_json_errors,
+    help="Print one JSON object a line (docs/json.md), errors included.",
+)
 timeout_option = click.option(
     "--timeout",
     type=click.FloatRange(min=0, min_open=True),

@@ -166,6 +166,13 @@ def now_iso() -> str:
     return datetime.now().astimezone().isoformat(timespec="milliseconds")
 
 
+def iso(moment: float | None) -> str | None:
+    """A unix time as JSON gives every time (docs/json.md): ISO 8601, local offset."""
+    if moment is None:
+        return None
+    return datetime.fromtimestamp(moment).astimezone().isoformat(timespec="milliseconds")
+
+
 # -- telex serve ---------------------------------------------------------------------------
 
 
@@ -178,8 +185,8 @@ class MessagePrinter:
     def __call__(self, message: Message, peer: Peer) -> str:
         out = self.out
         if out.as_json:
-            out.record("message", time=now_iso(), peer=peer.address, name=peer.name,
-                       id=message.id, **body_fields(message.body))  # fmt: skip
+            out.record("message", time=now_iso(), id=message.id, sender=peer.name,
+                       peer=peer.address, **body_fields(message.body))  # fmt: skip
         else:
             who = out.style(peer.name or peer.address, fg="cyan")
             stamp = out.style(clock(), dim=True)
@@ -199,7 +206,9 @@ class PeerEventPrinter:
             self.out.line(f"{clock()} {peer} joined from {event.peer.address} ({event.peer.mode})")
         else:
             self.out.line(f"{clock()} {peer} left", dim=True)
-        self.out.record(event.kind, time=now_iso(), name=event.peer.name, peer=event.peer.address)
+        mode = {"mode": event.peer.mode} if event.kind == "joined" else {}
+        self.out.record(event.kind, time=now_iso(), name=event.peer.name,
+                        peer=event.peer.address, **mode)  # fmt: skip
 
 
 def outcome(ack: Ack, who: str) -> tuple[str, str]:
@@ -214,29 +223,44 @@ def outcome(ack: Ack, who: str) -> tuple[str, str]:
     return "acknowledged", f"{who} acknowledged"
 
 
+def ack_fields(ack: Ack, to: str | None) -> dict[str, Any]:
+    """An answer as the JSON fields of an ``ack`` line (docs/json.md), from every command."""
+    status, _ = outcome(ack, to or "server")
+    fields: dict[str, Any] = {"id": ack.id, "to": None if to == "server" else to}
+    if status == "rejected":
+        return {**fields, "status": "rejected", "outcome": status, "code": int(ack.status),
+                "reason": ack.reason}  # fmt: skip
+    return {**fields, "status": "ok", "outcome": status, "away": ack.stored and ack.away,
+            **body_fields(ack.reply, "reply")}  # fmt: skip
+
+
+def receipt_fields(msg_id: int, to: str, ack: Ack | Receipt) -> dict[str, Any]:
+    """A recipient's later answer as the fields of a ``receipt`` line (docs/json.md)."""
+    if ack.ok:
+        return {"id": msg_id, "to": to, "status": "delivered", **body_fields(ack.reply, "reply")}
+    return {"id": msg_id, "to": to, "status": "refused", "reason": ack.reason}
+
+
 def show_ack(out: Output, who: str, ack: Ack) -> None:
     """One answer to a message this console sent: acknowledged, stored or delivered."""
+    out.record("ack", **ack_fields(ack, who))
     status, text = outcome(ack, who)
     if status == "rejected":
         out.line(f"  ✗ #{ack.id} {who}: {ack.reason}", fg="red")
-        out.record("ack", to=who, id=ack.id, status="rejected", code=ack.status, reason=ack.reason)
         return
     reply = f": {printable(ack.reply)}" if ack.reply else ""
     mark, colour = ("…", "yellow") if status == "stored" else ("✓", "green")
     out.line(f"  {mark} #{ack.id} {text}{reply}", fg=colour)
-    out.record("ack", to=who, id=ack.id, status="ok", outcome=status,
-               **body_fields(ack.reply, "reply"))  # fmt: skip
 
 
 def show_delivery(out: Output, who: str, msg_id: int, ack: Ack | Receipt) -> None:
     """The later answer to a stored message: its recipient acknowledged it (or refused)."""
+    out.record("receipt", **receipt_fields(msg_id, who, ack))
     if ack.ok:
         reply = f": {printable(ack.reply)}" if ack.reply else ""
         out.line(f"  ✓✓ #{msg_id} delivered to {who}{reply}", fg="green")
     else:
         out.line(f"  ✗ #{msg_id} refused by {who}: {ack.reason}", fg="red")
-    out.record("receipt", to=who, id=msg_id, status="delivered" if ack.ok else "refused",
-               reason=ack.reason, **body_fields(ack.reply, "reply"))  # fmt: skip
 
 
 class ServerConsole:
@@ -250,7 +274,8 @@ class ServerConsole:
 
     def status(self) -> str:
         count = len(self.server.clients)
-        return f" telex on {self.server.host}:{self.server.port} · {count} connected · /help"
+        where = format_address((self.server.host, self.server.port))
+        return f" telex on {where} · {count} connected · /help"
 
     async def on_line(self, line: str) -> bool:
         command = parse_command(line)
@@ -278,7 +303,7 @@ class ServerConsole:
             name = peer.name or "(text peer)"
             self.out.line(f"  {name:<20} since {since}  from {peer.address} ({peer.mode})")
             self.out.record("who", name=peer.name, peer=peer.address, mode=peer.mode,
-                            since=peer.connected_at)  # fmt: skip
+                            since=iso(peer.connected_at))  # fmt: skip
         if not peers:
             self.out.line("  nobody is connected")
 
@@ -427,7 +452,9 @@ class ChatSession:
             show_ack(self.out, who, future.result())
         else:
             self.out.line(f"  ✗ #{msg_id} not acknowledged: {error}", fg="red")
-            self.out.record("ack", id=msg_id, status="unacknowledged", reason=str(error))
+            self.out.record("ack", id=msg_id, to=None if who == "server" else who,
+                            status="unacknowledged", outcome="unacknowledged",
+                            reason=str(error))  # fmt: skip
 
     async def run(self, interactive: bool) -> int:
         """Until /quit, Ctrl-D, Ctrl-C or the end of stdin: 0; 4 if reconnecting failed

@@ -21,6 +21,7 @@ from .common import (
 )
 from .console import (
     Output,
+    iso,
 )
 from .render import body_fields, printable
 
@@ -112,11 +113,11 @@ def show_record(out: Output, record: Record) -> None:
         out.record(
             "message",
             seq=record.seq,
-            time=datetime.fromtimestamp(record.received).astimezone().isoformat(),
+            time=iso(record.received),
             sender=record.sender,
             recipient=record.recipient,
             id=record.sender_id,
-            delivered=record.delivered,
+            delivered=iso(record.delivered),
             **body_fields(record.body),
         )
         return

@@ -45,8 +45,9 @@ from .common import (
 )
 from .console import (
     Output,
-    outcome,
+    ack_fields,
     read_lines,
+    receipt_fields,
 )
 from .render import body_fields, printable
 from .resume import Progress, SendSession, SessionFileError
@@ -100,17 +101,7 @@ class AckPrinter:
 
     def line(self, ack: Ack, size: int) -> str:
         if self.as_json:
-            record: dict[str, Any] = {"id": ack.id, "status": "ok" if ack.ok else "rejected"}
-            if self.to is not None:
-                record["to"] = self.to
-            if ack.ok:
-                record["outcome"] = outcome(ack, self.to or "server")[0]
-                record.update(body_fields(ack.reply, "reply"), bytes=size)
-                if ack.stored:
-                    record["away"] = ack.away
-            else:
-                record.update(code=ack.status, reason=ack.reason)
-            return json.dumps(record) + "\n"
+            return json.dumps({"event": "ack", **ack_fields(ack, self.to), "bytes": size}) + "\n"
         if not ack.ok:
             return self.style(f"rejected {ack.id}: {ack.reason}", fg="red") + "\n"
         if self.to is None:
@@ -363,11 +354,11 @@ async def _wait_for_receipts(
         receipt = receipts.get(msg_id)
         if receipt is None:
             continue
+        assert to is not None  # receipts come for messages to a client
+        out.record("receipt", **receipt_fields(msg_id, to, receipt))
         if out.as_json:
-            status = "delivered" if receipt.ok else "refused"
-            fields = body_fields(receipt.reply, "reply")
-            out.record("receipt", id=msg_id, to=to, status=status, reason=receipt.reason, **fields)
-        elif receipt.ok:
+            continue
+        if receipt.ok:
             reply = f": {printable(receipt.reply)}" if receipt.reply else ""
             out.line(f"delivered {msg_id} to {to}{reply}")
         else:
@@ -391,7 +382,8 @@ async def _send_text(
             number += 1
             answer = await client.send(body)
             if as_json:
-                print(json.dumps({"id": number, **body_fields(answer, "answer")}), flush=True)
+                line = {"event": "answer", "id": number, **body_fields(answer, "answer")}
+                print(json.dumps(line), flush=True)
             else:
                 print(f"answer {number}: {printable(answer)}", flush=True)
     return EXIT_OK

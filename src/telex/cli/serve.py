@@ -43,6 +43,7 @@ from .console import (
     Output,
     PeerEventPrinter,
     ServerConsole,
+    now_iso,
     show_delivery,
 )
 
@@ -193,16 +194,18 @@ async def _serve(server: Server, out: Output, interactive: bool) -> None:
     stop = stop_on_signals()  # before the port is printed: a signal may follow at once
     asyncio.get_running_loop().set_exception_handler(one_line_for_tls_errors)
     await server.start()
-    where = "nowhere (--no-store)" if server.store is None else str(server.store.where)
+    where = None if server.store is None else str(server.store.where)
     secured = []
     if server.ssl is not None:
         secured.append("TLS")
     if server.auth_required:
         secured.append("a token required" if server.users is None else "tokens required")
-    out.record("listening", host=server.host, port=server.port, store=where)
+    out.record("listening", time=now_iso(), version=__version__, host=server.host,
+               port=server.port, address=format_address((server.host, server.port)),
+               store=where, tls=server.ssl is not None, auth=server.auth_required)  # fmt: skip
     address = format_address((server.host, server.port))
     out.line(f"telex {__version__} listening on {address} (Ctrl-C to stop)")
-    out.line(f"messages stored in {where}", dim=True)
+    out.line(f"messages stored in {where or 'nowhere (--no-store)'}", dim=True)
     if secured:
         out.line(" and ".join(secured), dim=True)
     console = asyncio.create_task(ServerConsole(server, out, stop).run(interactive))
@@ -212,7 +215,7 @@ async def _serve(server: Server, out: Output, interactive: bool) -> None:
         await console
     await server.close()
     stats = server.stats()
-    out.record("stopped", **stats)
+    out.record("stopped", time=now_iso(), **stats)
     out.line(
         f"stopped: {stats['accepted']} messages acknowledged, {stats['rejected']} rejected, "
         f"{stats['delivered']} delivered between clients, {stats['connections']} connections"
