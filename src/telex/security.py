@@ -182,6 +182,8 @@ def load_token(path: Path | None) -> str | None:
             token = path.read_text().splitlines()[0].strip() if path.stat().st_size else ""
         except OSError as exc:
             raise AuthError(f"cannot read the token file {path}: {exc.strerror or exc}") from exc
+        except UnicodeDecodeError:
+            raise AuthError(f"the token file {path} is not UTF-8 text") from None
         if not token:
             raise AuthError(f"the token file {path} is empty")
         return token
@@ -232,7 +234,11 @@ class Users:
     def _read(self) -> tuple[dict[str, User], tuple[int, int]]:
         users: dict[str, User] = {}
         stat = self.path.stat()
-        for number, line in enumerate(self.path.read_text().splitlines(), 1):
+        try:
+            text = self.path.read_text()
+        except UnicodeDecodeError:
+            raise AuthError(f"the users file {self.path} is not UTF-8 text") from None
+        for number, line in enumerate(text.splitlines(), 1):
             if not line.strip() or line.startswith("#"):
                 continue
             try:

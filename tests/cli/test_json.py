@@ -119,7 +119,7 @@ def test_every_commands_json_is_what_the_document_says(tmp_path: Path) -> None:
             text = telex("send", address, "--text", "--json", "plain line")
             chat = subprocess.run(
                 [*TELEX, "chat", address, "--json", "--name", "carol"],
-                input="to the server\n@bot to bot\n",
+                input="to the server\n@bot to bot\n@ nobody\n",
                 capture_output=True,
                 text=True,
                 timeout=TIMEOUT,

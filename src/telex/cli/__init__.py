@@ -27,6 +27,9 @@ def main() -> None:
 
     Start a server with 'telex serve', send to it with 'telex send', or watch both
     sides at once with 'telex demo'.
+
+    Exit codes: each command's --help lists its own; for every one, 0 success;
+    2 usage error (before anything is done); 130 Ctrl-C.
     """
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import click
+from cryptography import x509
 
 from ..core.broker import RESERVED_NAMES
 from ..core.protocol import valid_name
@@ -22,6 +23,7 @@ from ..security import (
 from .common import (
     EXIT_USAGE,
     fail,
+    is_host,
 )
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -55,13 +57,25 @@ def cert(prefix: Path, names: tuple[str, ...], days: int, show: Path | None) -> 
     """Make a self-signed certificate for telex serve --tls, and print its fingerprint.
 
     Clients pin it with --fingerprint, so no certificate authority is needed.
+
+    Exit codes: 0 written (or shown); 2 usage error, a name a certificate cannot hold,
+    a file that exists already or cannot be written, or --show of a file that is not a
+    certificate.
     """
     if show is not None:
-        try:
-            click.echo(fingerprint(show.read_bytes()))
-        except ValueError as exc:
-            fail(f"{show} is not a PEM certificate: {exc}", EXIT_USAGE)
+        data = show.read_bytes()
+        try:  # parsed, not just hashed: any bytes have a digest
+            if b"-----BEGIN" in data:
+                x509.load_pem_x509_certificate(data)
+            else:
+                x509.load_der_x509_certificate(data)
+        except ValueError:
+            fail(f"{show} is not a certificate (PEM or DER)", EXIT_USAGE)
+        click.echo(fingerprint(data))
         return
+    for name in names:
+        if not name or len(name) > 253 or not is_host(name):
+            fail(f"--name {name!r} is not a host name or IP address", EXIT_USAGE)
     for existing in (
         prefix.with_name(prefix.name + ".pem"),
         prefix.with_name(prefix.name + ".key"),
@@ -72,13 +86,19 @@ def cert(prefix: Path, names: tuple[str, ...], days: int, show: Path | None) -> 
         found = write_certificate(prefix, list(names) or default_names(), days)
     except OSError as exc:
         fail(f"cannot write {prefix}.pem and {prefix}.key: {exc.strerror or exc}", EXIT_USAGE)
+    except (ValueError, UnicodeError) as exc:  # a name the certificate cannot hold
+        fail(f"cannot make a certificate for {', '.join(names)}: {exc}", EXIT_USAGE)
     click.echo(f"wrote {prefix}.pem and {prefix}.key", err=True)
     click.echo(found)
 
 
 @click.group()
 def user() -> None:
-    """Manage the users file of telex serve --users."""
+    """Manage the users file of telex serve --users.
+
+    Exit codes: 0 done; 2 usage error, a users file that cannot be read or written, a
+    name that is there already (add, without --force) or not there (remove).
+    """
 
 
 def users_option(help: str) -> Callable[[F], F]:
@@ -110,7 +130,11 @@ def open_users(path: Path, *, must_exist: bool) -> Users:
 )
 @click.option("--force", is_flag=True, help="Give a name that is there already a new token.")
 def user_add(name: str, users: Path, token_file: Path | None, force: bool) -> None:
-    """Give NAME a token: only a client with it can hold the name."""
+    """Give NAME a token: only a client with it can hold the name.
+
+    Exit codes: 0 added; 2 usage error, NAME there already (without --force), or a
+    users or token file that cannot be read or written.
+    """
     if not valid_name(name):
         fail(f"{name!r} is not a name: 1 to 32 letters, digits, . _ -", EXIT_USAGE)
     if name.lower() in RESERVED_NAMES:
@@ -139,7 +163,10 @@ def user_add(name: str, users: Path, token_file: Path | None, force: bool) -> No
 @user.command("list")
 @users_option("The users file.")
 def user_list(users: Path) -> None:
-    """Print the names in the users file, one a line."""
+    """Print the names in the users file, one a line.
+
+    Exit codes: 0 listed; 2 usage error, or no users file or one that cannot be read.
+    """
     for name in open_users(users, must_exist=True).names():
         click.echo(name)
 
@@ -149,7 +176,11 @@ def user_list(users: Path) -> None:
 @users_option("The users file.")
 def user_remove(name: str, users: Path) -> None:
     """Take NAME out of the users file: a running server refuses its token from the next
-    login on (connections already open stay)."""
+    login on (connections already open stay).
+
+    Exit codes: 0 removed; 2 usage error, NAME not in the file, or a users file that
+    cannot be read or written.
+    """
     table = open_users(users, must_exist=True)
     try:
         removed = table.remove(name)

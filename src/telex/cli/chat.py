@@ -68,7 +68,8 @@ def chat(
     server's fingerprint and asks; the answer is remembered (as ssh's known_hosts), and a
     remembered fingerprint that changes is refused.
 
-    Exit codes: 0 left normally, everything acknowledged; 3 cannot connect; 4 gave up
+    Exit codes: 0 left normally, everything acknowledged; 2 usage error; 3 cannot
+    connect; 4 gave up
     reconnecting, or left with messages unacknowledged (it waits --timeout for them
     first); 5 the certificate was refused; 6 the token was refused; 130 Ctrl-C (it
     waits for the acks on their way; a second Ctrl-C does not). The last line says how
@@ -120,7 +121,8 @@ def listen(
     Runs until the server says goodbye or Ctrl-C (or SIGTERM). A connection that drops
     is reconnected (--retries times at most).
 
-    Exit codes: 0 the server said goodbye, or stopped by SIGTERM; 3 cannot connect;
+    Exit codes: 0 the server said goodbye, or stopped by SIGTERM; 2 usage error;
+    3 cannot connect;
     4 the connection was lost and could not be made again; 5 the certificate was refused;
     6 the token was refused; 130 Ctrl-C (SIGINT), with how many messages arrived.
     """

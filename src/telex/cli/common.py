@@ -83,6 +83,8 @@ def parse_address(value: str) -> tuple[str, int]:
     or a bare ``PORT`` (on 127.0.0.1). Anything else is a usage error, before any
     connection is tried."""
     text = value.strip()
+    if not text:
+        raise click.BadParameter("an empty address: give HOST:PORT (e.g. 127.0.0.1:7777)")
     if "://" in text:
         raise click.BadParameter(f"{value!r} is a URL: give HOST:PORT (e.g. 127.0.0.1:7777)")
     if text.isdigit():
@@ -98,11 +100,28 @@ def parse_address(value: str) -> tuple[str, int]:
         host, _, port = text.partition(":")
         host = host or "127.0.0.1"  # ":7777"
         port = port or str(DEFAULT_PORT)
-    if not host or any(c.isspace() or c in "/@?#" for c in host):
+    if not host or any(c.isspace() or c in "/@?#" for c in host) or not is_host(host):
         raise click.BadParameter(f"{value!r} is not HOST:PORT")
     if not port.isdigit() or not 0 < int(port) < 65536:
         raise click.BadParameter(f"{value!r} is not HOST:PORT (a port is 1 to 65535)")
     return host, int(port)
+
+
+def is_host(host: str) -> bool:
+    """A name the resolver can take (IDNA, so café.example is one) or an IP address;
+    not, say, bytes that were not UTF-8 in the argument."""
+    try:
+        host.encode("idna")
+    except UnicodeError:
+        return ":" in host and host.isascii()  # an IPv6 address is not IDNA
+    return True
+
+
+def host_option(value: str) -> str:
+    """``serve --host``: a usage error, not a traceback, for what cannot be a host."""
+    if not value or not is_host(value):
+        raise click.BadParameter(f"{value!r} is not a host name or address")
+    return value
 
 
 class Address(click.ParamType):  # type: ignore[type-arg]

@@ -24,6 +24,7 @@ import click
 from ..client.aio import AsyncClient
 from ..core.address import format_address
 from ..core.events import Ack, Body, Message, Receipt
+from ..core.protocol import valid_name
 from ..core.textmode import text_body
 from ..server import Peer, PeerEvent, Server, default_handler
 from .render import body_fields, printable
@@ -429,6 +430,11 @@ class ChatSession:
             return True
         if self.gave_up.is_set():
             return False
+        if command.to is not None and not valid_name(command.to):
+            reason = f"{command.to!r} is not a name: 1 to 32 letters, digits, . _ -"
+            self.out.line(f"  ✗ not sent: {reason}", fg="red")
+            self.out.record("not_sent", to=command.to, text=command.text, reason=reason)
+            return True
         msg_id = self.client.next_id
         who = command.to or "server"
         future = self.client.send_nowait(command.text, to=command.to)

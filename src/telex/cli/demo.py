@@ -10,9 +10,12 @@ import click
 
 from ..client.aio import AsyncClient
 from ..core.events import Message
+from ..exceptions import TelexError
 from ..server import Peer, Server
 from ..store import SQLiteStore
 from .common import (
+    EXIT_INTERRUPTED,
+    fail,
     run,
 )
 from .console import (
@@ -29,8 +32,16 @@ def demo() -> None:
 
     The client sends to the server, and the server sends to the client: each message
     is acknowledged by the side that received it.
+
+    Exit codes: 0 the exchange ran; 1 it could not (the reason in one line);
+    2 usage error; 130 Ctrl-C.
     """
-    run(_demo(Output(as_json=False)))
+    try:
+        run(_demo(Output(as_json=False)))
+    except (TelexError, OSError) as exc:
+        fail(f"the demo could not run: {exc}", 1)
+    except KeyboardInterrupt:
+        fail("interrupted", EXIT_INTERRUPTED)
 
 
 async def _demo(out: Output) -> None:

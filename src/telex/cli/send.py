@@ -32,6 +32,7 @@ from .common import (
     EXIT_REJECTED,
     EXIT_USAGE,
     Address,
+    ClientName,
     Security,
     client_errors,
     connect_timeout_option,
@@ -128,7 +129,7 @@ class AckPrinter:
 @name_option("The name this client gives in the handshake.")
 @click.option(
     "--to",
-    metavar="NAME",
+    type=ClientName(),
     help="Send to the client NAME through the server; its own ack is the answer.",
 )
 @click.option(

@@ -31,6 +31,7 @@ from .common import (
     db_option,
     default_db,
     fail,
+    host_option,
     json_option,
     limit_options,
     log_to_stderr,
@@ -49,7 +50,13 @@ from .console import (
 
 
 @click.command()
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    callback=lambda ctx, param, value: host_option(value),
+    help="Address to listen on.",
+)
 @click.option(
     "--port",
     type=click.IntRange(0, 65535),
@@ -153,7 +160,7 @@ def serve(
     if (cert is None) != (key is None):
         raise click.UsageError("--cert and --key go together")
     try:
-        context = None if cert is None or key is None else server_context(cert, key)
+        context = None if cert is None or key is None else load_certificate(cert, key)
         token = load_token(token_file)
         if users is not None and not users.is_file():
             raise AuthError(
@@ -161,9 +168,7 @@ def serve(
                 "makes it)"
             )
         user_file = None if users is None else Users(users)
-    except (OSError, ssl.SSLError) as exc:
-        fail(f"cannot load the certificate: {exc}", EXIT_USAGE)
-    except (AuthError, UnicodeDecodeError) as exc:
+    except AuthError as exc:
         fail(str(exc), EXIT_USAGE)
     server = Server(
         default_handler if quiet else MessagePrinter(out),
@@ -188,6 +193,20 @@ def serve(
     finally:
         if store is not None:
             store.close()
+
+
+def load_certificate(cert: Path, key: Path) -> ssl.SSLContext:
+    """The TLS context, or an ``AuthError`` naming the file that cannot be used."""
+    for path in (cert, key):
+        if not path.is_file():
+            raise AuthError(f"cannot load the certificate: no file {path} (telex cert makes one)")
+    try:
+        return server_context(cert, key)
+    except (OSError, ssl.SSLError, ValueError) as exc:
+        reason = getattr(exc, "strerror", None) or getattr(exc, "reason", None) or exc
+        raise AuthError(
+            f"cannot load the certificate {cert} with its key {key}: {reason}"
+        ) from None
 
 
 async def _serve(server: Server, out: Output, interactive: bool) -> None:
