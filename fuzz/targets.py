@@ -25,7 +25,6 @@ failure too (the core must never raise on what a peer sends). Checks are written
 from __future__ import annotations
 
 import contextlib
-import os
 import re
 import tempfile
 from collections.abc import Callable, Iterator
@@ -70,7 +69,6 @@ from telex.core.textmode import TextConnection
 from tests.core.broker_harness import Client, Net, TextClient
 
 __all__ = [
-    "KNOWN_BUGS",
     "TARGETS",
     "FuzzFailure",
     "broker",
@@ -80,7 +78,6 @@ __all__ = [
     "decoders_input",
     "framed",
     "framed_input",
-    "known",
     "seed_inputs",
     "split",
     "text",
@@ -97,30 +94,6 @@ class FuzzFailure(AssertionError):
 def check(condition: object, what: str) -> None:
     if not condition:
         raise FuzzFailure(what)
-
-
-KNOWN_BUGS: frozenset[str] = frozenset(
-    ()
-    if os.environ.get("TELEX_FUZZ_STRICT") == "1"
-    else {
-        # Broker.fail() (an idle timeout) queues the ERROR behind the link's answers; one
-        # that waits for an ack that cannot come (the client's own, of a message it routed
-        # to itself; two clients routing to each other) keeps the link open for ever.
-        "idle-wait",
-        # Once the peer's ERROR is parsed, Connection.send_welcome() is a no-op, but the
-        # answers to the frames before it (and a stored client's outbox) are still
-        # written: frames before WELCOME. The bytes written then depend on the split.
-        "error-skips-welcome",
-    }
-)
-"""Bugs these targets found that are not fixed yet (docs/fuzzing.md, with reproducers in
-tests/fuzz/test_fuzz.py): their symptom alone is let through, so that a long run looks
-for other bugs. ``TELEX_FUZZ_STRICT=1`` lets none through."""
-
-
-def known(bug: str) -> bool:
-    """Is ``bug`` one of the KNOWN_BUGS (so its symptom is let through)?"""
-    return bug in KNOWN_BUGS
 
 
 # -- reading parameters off the front of an input ----------------------------------------
@@ -385,8 +358,6 @@ def framed(data: bytes) -> None:
         runs["byte by byte"] = _framed_run(role, max_size, auth, one_by_one)
     for how, run in runs.items():
         check(run == whole, f"{how}: {run.events!r}, whole: {whole.events!r}")
-    if whole.peer_error and known("error-skips-welcome"):
-        return
     for how, run in runs.items():
         check(run.output == whole.output, f"{how}, the answers differ: {run.output!r}")
     _check_output(role, max_size, whole.output)
@@ -714,8 +685,7 @@ class _Fuzzed:
             ids = [e.id for e in parsed if isinstance(e, Message | MessageTooLarge)]
             events = endpoint.events + endpoint.conn.receive_eof()
             bad = [e for e in events if isinstance(e, ProtocolViolation)]
-            if not (shadow.error_done and known("error-skips-welcome")):
-                check(not bad, f"the server's bytes broke the protocol: {bad!r}")
+            check(not bad, f"the server's bytes broke the protocol: {bad!r}")
             acks = [e.id for e in events if type(e) is Ack]
             check(acks == ids[: len(acks)], f"answers {acks} to messages {ids}")
         elif isinstance(endpoint, TextClient):
@@ -788,9 +758,7 @@ def _broker_run(data: bytes, *, idle: bool) -> None:
                 endpoint = peer.endpoint
                 if idle and endpoint is not None and not endpoint.closed:
                     link = endpoint.link
-                    waiting = link.final is not None and bool(link.answers)
-                    if not (waiting and known("idle-wait")):
-                        raise FuzzFailure(f"still open after its idle timeout: {link.final}")
+                    raise FuzzFailure(f"still open after its idle timeout: {link.final}")
         finally:
             net.close()
 

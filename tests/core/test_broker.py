@@ -572,7 +572,8 @@ def test_message_after_goodbye_without_store_is_unexpected_frame(make_net: MakeN
         )
     ]
     assert alice.closed
-    assert bob.take() == [not_delivered(1, "alice disconnected before acknowledging")]
+    why = "alice is being closed: unexpected MESSAGE frame in state draining after GOODBYE"
+    assert bob.take() == [not_delivered(1, why)]
 
 
 def test_goodbye_and_message_in_one_read_without_store_end_with_unexpected_frame(

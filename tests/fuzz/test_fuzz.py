@@ -18,7 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fuzz import live, targets
+from fuzz import live
 from fuzz.targets import (
     BROKER_SIZES,
     DECODED,
@@ -286,35 +286,16 @@ def test_broker_catches_a_lost_ack(monkeypatch: pytest.MonkeyPatch) -> None:
 HELLO = PREAMBLE + frames.json_frame(FrameType.HELLO, {"version": 1, "name": "alice"})
 
 
-@pytest.fixture
-def strict(monkeypatch: pytest.MonkeyPatch) -> None:
-    """No known bug let through (as TELEX_FUZZ_STRICT=1 does)."""
-    monkeypatch.setattr(targets, "KNOWN_BUGS", frozenset())
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="the idle timeout never closes a client whose answer waits for its own ack: "
-    "Broker.fail() leaves the ERROR behind answers that cannot come",
-)
-@pytest.mark.usefixtures("strict")
 def test_idle_timeout_closes_a_client_waiting_for_its_own_ack() -> None:
     """alice routes a message to herself, then goes silent; without a store, her ACK
     waits for her own ack of the forwarded copy. docs/limits.md: after idle_timeout,
-    ERROR 9 and close. The connection is never closed (the same with two silent
-    clients routing to each other)."""
+    ERROR 9 and close (it was never closed: its answer waited for an ack that could not
+    come; the same with two silent clients routing to each other)."""
     broker_idle(broker_input(HELLO + frames.routed(1, b"alice", b"to myself", 0)))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="after the peer's ERROR, send_welcome() writes nothing but the answers and "
-    "outbox messages still go out: frames before WELCOME",
-)
-@pytest.mark.usefixtures("strict")
 def test_no_frames_before_welcome_when_the_peer_sends_error() -> None:
-    """HELLO, MESSAGE and ERROR in one read: the server writes its preamble, then an ACK
-    without the WELCOME before it (docs/protocol.md: WELCOME comes first). With a store,
-    the client's outbox goes out the same way, as ROUTED frames before WELCOME."""
+    """HELLO, MESSAGE and ERROR in one read: WELCOME comes first, then the ACK, as when
+    the ERROR comes in a read of its own (it was an ACK alone, without its WELCOME)."""
     error = frames.error(ErrorCode.INTERNAL_ERROR, "bye")
     broker(broker_input(HELLO + frames.message(1, b"hi", 0) + error))

@@ -390,13 +390,7 @@ class Broker:
         session = link.peer.session
         if session is not None and self.sessions.get(session) is link:
             del self.sessions[session]
-        outgoing, link.outgoing = link.outgoing, {}
-        reason = f"{name} disconnected before acknowledging"
-        for msg_id, on_answer in outgoing.items():
-            on_answer(Ack(msg_id, AckStatus.NOT_DELIVERED, reason))
-        for _, _, on_answer, _ in link.deliveries or ():
-            on_answer(Ack(0, AckStatus.NOT_DELIVERED, reason))
-        link.deliveries = None
+        self._never_answered(link, f"{name} disconnected before acknowledging")
         link.answers.clear()
         link.held = None
         if link.open:
@@ -407,9 +401,22 @@ class Broker:
         if link.final is None:
             link.final = (code, reason)
         link.held = None
+        # Nothing more is read from it: what it was sent will not be acknowledged (and
+        # answers of its own may wait for that, as when it sent a message to itself).
+        self._never_answered(link, f"{link.peer.name} is being closed: {reason}")
         if link.proto is None:  # it never wrote: answer as to a text peer
             link.proto = TextConnection(max_message_size=self.max_message_size)
         self._settle(link)
+
+    def _never_answered(self, link: Link, reason: str) -> None:
+        """What was sent to ``link`` and not yet answered is not delivered (with a store,
+        it stays in the outbox); nothing more is sent to it."""
+        outgoing, link.outgoing = link.outgoing, {}
+        for msg_id, on_answer in outgoing.items():
+            on_answer(Ack(msg_id, AckStatus.NOT_DELIVERED, reason))
+        for _, _, on_answer, _ in link.deliveries or ():
+            on_answer(Ack(0, AckStatus.NOT_DELIVERED, reason))
+        link.deliveries = None
 
     def shutdown(self) -> None:
         """The server is stopping: answer what arrived, say goodbye, close."""

@@ -92,7 +92,8 @@ class Connection:
         self.state = State.PREAMBLE
         self.max_message_size = max_message_size
         self.said_goodbye = False
-        self.error_done = False  # an ERROR was sent or received: nothing more is sent
+        self.error_done = False  # we sent an ERROR: nothing more is sent
+        self.peer_error = False  # the peer sent one (or a broken one): never answered with one
         self.last_received_id = 0
         self._next_id = 1  # a client numbers its own, across a session: see send_message(msg_id)
         self._out: list[bytes] = []
@@ -252,7 +253,7 @@ class Connection:
         After a ``ProtocolViolation`` event the caller sends the ERROR it names, once it
         has queued the answers to what came before the violation.
         """
-        if not self.error_done:
+        if not self.error_done and not self.peer_error:
             self.error_done = True
             self._out.append(frames.error(code, reason))
             self._close()
@@ -412,7 +413,7 @@ class Connection:
             limit = self.max_message_size + 2048 if answer else CONTROL_FRAME_LIMIT
             if length > limit:
                 if ftype == FrameType.ERROR:
-                    self.error_done = True  # an ERROR is never answered with one
+                    self.peer_error = True  # an ERROR is never answered with one
                 self._violation(
                     events,
                     ErrorCode.FRAME_TOO_LARGE,
@@ -514,7 +515,7 @@ class Connection:
             event = _DECODERS[ftype](payload)
         except frames.BadFrame as exc:
             if ftype is FrameType.ERROR:  # the peer is closing anyway: never answer it
-                self.error_done = True
+                self.peer_error = True
             self._violation(events, exc.code, exc.reason)
             return False
         events.append(event)
@@ -523,7 +524,9 @@ class Connection:
             self.state = next_state(self.role, self.state, ftype, needs_auth=needs_auth)
             self._accepting = self.state is State.OPEN  # with a token: nothing but AUTH yet
         elif ftype is FrameType.ERROR:
-            self.error_done = True  # never answer an ERROR with one
+            # Never answered with an ERROR; what came before it in the same read is
+            # still answered (WELCOME included), as if it had come in a read of its own.
+            self.peer_error = True
             self._close()
             return False
         return True
