@@ -5,21 +5,63 @@ acknowledges nothing before ``commit`` returns. A store numbers what it stores (
 the order it stored them in), finds messages a session sends again, and keeps each
 client's outbox. SQLite implements it (``SQLiteStore``); a PostgreSQL store shared by
 several servers comes next, behind the same methods.
+
+Housekeeping is part of the interface too, in the same engine-neutral terms: ``prune``
+deletes delivered messages older than a time, a short transaction at a time;
+``export`` gives every stored message with every field (``StoredMessage``), and
+``import_messages`` takes them back, so a store moves between machines and engines.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..core.records import Batch, Committed, Found, Record, SessionState
 
-__all__ = ["Store", "StoreError", "open_store"]
+__all__ = ["Imported", "Store", "StoreError", "StoredMessage", "open_store"]
+
+PRUNE_BATCH = 1000
+"""Messages a ``prune`` step deletes at most, in one transaction."""
 
 
 class StoreError(Exception):
     """The store could not write (a full disk, a read-only file): nothing is acknowledged."""
+
+
+@dataclass(frozen=True, slots=True)
+class StoredMessage:
+    """One stored message with everything a store keeps of it, whatever the engine:
+    what ``export`` gives and ``import_messages`` takes.
+
+    A message for the server (``recipient`` None) counts as delivered when it is
+    stored: its ``delivered`` is its ``received`` and its ``status`` 0. A message for a
+    client has ``delivered``, ``status`` (the ACK status, 0 when it took it) and
+    ``reason`` None until that client answers it.
+    """
+
+    seq: int  # the order the store stored it in
+    session: str | None  # the sender's session, with ``sender_id`` its key; None: no key
+    sender_id: int | None
+    sender: str | None  # None: the server
+    recipient: str | None  # None: the server
+    body: bytes | str
+    reply: bytes | str | None
+    received: float  # unix times
+    delivered: float | None
+    status: int | None
+    reason: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Imported:
+    """What ``import_messages`` did: how many it stored, and how many it skipped as
+    stored already."""
+
+    stored: int
+    skipped: int
 
 
 class Store(ABC):
@@ -54,6 +96,51 @@ class Store(ABC):
         limit: int | None = None,
     ) -> Iterator[Record]:
         """Stored messages, oldest first, filtered; the server is named "server"."""
+
+    @abstractmethod
+    def outboxes(self) -> dict[str, tuple[int, float]]:
+        """Each client with messages waiting for it: how many, and the oldest's unix time
+        (for the ``queued`` figures of ``telex stats`` and the metrics)."""
+
+    # -- housekeeping ---------------------------------------------------------------
+
+    @abstractmethod
+    def prune(self, before: float, limit: int = PRUNE_BATCH) -> Iterator[int]:
+        """Delete the delivered messages received before ``before``: each step of the
+        iterator is one short transaction of at most about ``limit`` messages (a store
+        that packs several messages a row deletes whole rows), and gives how many it
+        deleted (0 is possible: a step may find only undelivered messages). The steps
+        end when none is left. Whoever drives it may do other work between steps: the
+        store is in no transaction then.
+
+        Never deleted: a message waiting in an outbox, and the newest stored message (so
+        that numbering goes on from it when the store is opened again). A pruned
+        message's (session, sender_id) is forgotten with it: sent again, it is new."""
+
+    @abstractmethod
+    def prunable(self, before: float) -> int:
+        """How many messages ``prune(before)`` would delete now."""
+
+    @abstractmethod
+    def export(
+        self,
+        *,
+        sender: str | None = None,
+        recipient: str | None = None,
+        since: float | None = None,
+    ) -> Iterator[StoredMessage]:
+        """Every stored message, oldest (lowest seq) first, filtered as ``records``."""
+
+    @abstractmethod
+    def import_messages(self, messages: Iterable[StoredMessage]) -> Imported:
+        """Store exported messages, in the order given (seq order), in one transaction:
+        all of them or, if one cannot be stored (``StoreError``, ``ValueError``), none.
+
+        A message whose (session, sender_id) is stored already is skipped and counted,
+        as is one without a session found under the same seq (the same time, sender and
+        body): importing a file twice stores it once. Each keeps its seq when that is
+        above every seq in the store; otherwise it is numbered on from the highest, in
+        order, so that an import into an empty store exports the same again."""
 
     @abstractmethod
     def close(self) -> None: ...

@@ -14,22 +14,29 @@ message; a row per batch makes storing cheap next to receiving.
 
 Bodies keep their kind: text comes back as ``str``, bytes as ``bytes``. This module
 knows nothing of the protocol: it takes and gives the records of ``telex.core.records``.
+
+Housekeeping (``prune``, ``export``, ``import_messages``) sees messages, not rows: a
+segment's messages were delivered when stored, all at its one ``received`` time, so it
+is pruned whole (its ``first_id``/``last_id`` go with it, and dedup stays consistent);
+an export lists each message on its own, and an import packs runs of them into
+segments again.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import heapq
 import itertools
 import os
 import sqlite3
 import struct
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from ..core.records import Batch, Committed, Found, Item, Pending, Record, SessionState
-from .base import Store, StoreError
+from .base import PRUNE_BATCH, Imported, Store, StoredMessage, StoreError
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -145,7 +152,12 @@ class SQLiteStore(Store):
     """A SQLite message log in WAL mode, used by one thread at a time (the server runs
     every call on its one store thread)."""
 
-    def __init__(self, path: str | Path, *, sync: str = "normal", readonly: bool = False) -> None:
+    def __init__(
+        self, path: str | Path, *, sync: str = "normal", readonly: bool = False, lock: bool = True
+    ) -> None:
+        """``readonly`` reads beside a running server (``telex log``); ``lock=False``
+        writes beside one (``telex log prune``): it takes no store lock, and its writes
+        wait for SQLite's own (the busy timeout)."""
         self.path = Path(path)
         if sync not in SYNC_LEVELS:
             raise ValueError(f"sync is one of {', '.join(SYNC_LEVELS)}, not {sync!r}")
@@ -156,7 +168,7 @@ class SQLiteStore(Store):
             self.db = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
         else:
             _create_private(self.path)
-            self._lock = _hold_lock(self.path)
+            self._lock = _hold_lock(self.path) if lock else None
             self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         try:
             self.db.execute("PRAGMA busy_timeout = 5000")
@@ -285,6 +297,14 @@ class SQLiteStore(Store):
                     return Found(reply)
         return None
 
+    def outboxes(self) -> dict[str, tuple[int, float]]:
+        """Each recipient with messages waiting: how many, and when the oldest came."""
+        rows = self.db.execute(
+            "SELECT recipient, COUNT(*), MIN(received) FROM messages "
+            "WHERE delivered IS NULL AND recipient IS NOT NULL GROUP BY recipient"
+        )
+        return {name: (count, oldest) for name, count, oldest in rows}
+
     def outbox(self, recipient: str) -> list[tuple[int, str | None, int | None, str | None, Any]]:
         """(seq, session, sender_id, sender, body) of each message waiting for ``recipient``,
         oldest first."""
@@ -405,6 +425,223 @@ class SQLiteStore(Store):
             args.append(since)
         return where, args
 
+    # -- housekeeping -----------------------------------------------------------------
+
+    def prune(self, before: float, limit: int = PRUNE_BATCH) -> Iterator[int]:
+        """Delete delivered messages received before ``before``, a step of at most about
+        ``limit`` messages a transaction (see ``Store.prune``).
+
+        Segments go oldest first, whole rows, found by their index on ``received``. Rows
+        of ``messages`` are walked along theirs, ``limit`` index entries a step, from
+        where the last step ended: an outbox message there is passed over once a pass,
+        not read again by every step."""
+        top = self.next_seq() - 1  # the newest message stays: numbering goes on from it
+        while True:
+            rows = self.db.execute(
+                "SELECT seq, count FROM segments WHERE received < ? AND seq + count - 1 < ? "
+                "ORDER BY received LIMIT ?",
+                (before, top, limit),
+            ).fetchall()
+            chosen: list[tuple[int]] = []
+            total = 0
+            for seq, count in rows:
+                if chosen and total + count > limit:
+                    break
+                chosen.append((seq,))
+                total += count
+            if not chosen:
+                break
+            self._delete("segments", chosen)
+            yield total
+            if len(chosen) == len(rows) < limit:
+                break
+        after: tuple[float, int] = (float("-inf"), 0)  # the (received, seq) walked up to
+        while True:
+            rows = self.db.execute(
+                "SELECT received, seq, delivered IS NOT NULL OR recipient IS NULL "
+                "FROM messages WHERE received < ? AND (received, seq) > (?, ?) AND seq < ? "
+                "ORDER BY received, seq LIMIT ?",
+                (before, *after, top, limit),
+            ).fetchall()
+            if not rows:
+                break
+            after = (rows[-1][0], rows[-1][1])
+            done = [(seq,) for _, seq, delivered in rows if delivered]
+            if done:
+                self._delete("messages", done)
+            yield len(done)
+            if len(rows) < limit:
+                break
+
+    def _delete(self, table: str, seqs: list[tuple[int]]) -> None:
+        """Delete these rows in one transaction (waiting for a server's commit, if one
+        is writing)."""
+        try:
+            with self._transaction():
+                self.db.execute("BEGIN IMMEDIATE")
+                self.db.executemany(f"DELETE FROM {table} WHERE seq = ?", seqs)  # noqa: S608
+        except sqlite3.Error as exc:
+            raise StoreError(str(exc)) from exc
+
+    def prunable(self, before: float) -> int:
+        top = self.next_seq() - 1
+        packed = self.db.execute(
+            "SELECT COALESCE(SUM(count), 0) FROM segments WHERE received < ? "
+            "AND seq + count - 1 < ?",
+            (before, top),
+        ).fetchone()[0]
+        single = self.db.execute(  # +seq: walk the index on received, not every row
+            "SELECT COUNT(*) FROM messages WHERE received < ? "
+            "AND (delivered IS NOT NULL OR recipient IS NULL) AND +seq < ?",
+            (before, top),
+        ).fetchone()[0]
+        return int(packed) + int(single)
+
+    def export(
+        self,
+        *,
+        sender: str | None = None,
+        recipient: str | None = None,
+        since: float | None = None,
+    ) -> Iterator[StoredMessage]:
+        """Every message, seq order, both tables merged, in one read transaction: what a
+        server stores meanwhile is not in it."""
+        self.db.execute("BEGIN")
+        try:
+            yield from heapq.merge(
+                self._message_exports(sender, recipient, since),
+                self._segment_exports(sender, recipient, since),
+                key=_message_seq,
+            )
+        finally:
+            if self.db.in_transaction:
+                self.db.execute("COMMIT")
+
+    def _message_exports(
+        self, sender: str | None, recipient: str | None, since: float | None
+    ) -> Iterator[StoredMessage]:
+        filters = self._filters("messages", sender, since, 1)
+        if filters is None:
+            return
+        where, args = filters
+        if recipient == "server":
+            where.append("recipient IS NULL")
+        elif recipient is not None:
+            where.append("recipient = ?")
+            args.append(recipient)
+        columns = (
+            "seq, session, sender_id, sender, recipient, body, reply, received, delivered, "
+            "status, reason"
+        )
+        yield from itertools.starmap(
+            StoredMessage, self.db.execute(*_select("messages", columns, where, args, None))
+        )
+
+    def _segment_exports(
+        self, sender: str | None, recipient: str | None, since: float | None
+    ) -> Iterator[StoredMessage]:
+        if recipient not in (None, "server"):
+            return
+        filters = self._filters("segments", sender, since, 1)
+        if filters is None:
+            return
+        where, args = filters
+        columns = "seq, session, sender, received, messages"
+        for seq, session, who, received, blob in self.db.execute(
+            *_select("segments", columns, where, args, None)
+        ):
+            for offset, (sender_id, body, reply) in enumerate(unpack(blob)):
+                yield StoredMessage(
+                    seq + offset, session, sender_id, who, None, body, reply, received,
+                    received, 0, None
+                )  # fmt: skip
+
+    def import_messages(self, messages: Iterable[StoredMessage]) -> Imported:
+        top = self.next_seq() - 1
+        stored = skipped = 0
+        run: list[StoredMessage] = []  # messages for the server: the next segment row
+        run_ids: set[int] = set()  # their sender_ids
+        try:
+            with self._transaction():
+                self.db.execute("BEGIN IMMEDIATE")
+                for message in messages:
+                    if self._stored_already(message, run, run_ids):
+                        skipped += 1
+                        continue
+                    seq = message.seq if message.seq > top else top + 1
+                    top = seq
+                    message = dataclasses.replace(message, seq=seq)
+                    if run and (len(run) >= _SEGMENT_MAX or not _same_segment(run[-1], message)):
+                        self._insert_run(run)
+                        run = []
+                        run_ids.clear()
+                    if message.recipient is None:
+                        if message.sender_id is None:
+                            raise ValueError(f"message {seq} for the server has no sender_id")
+                        run.append(message)
+                        run_ids.add(message.sender_id)
+                    else:
+                        self.db.execute(_INSERT_ALL, _message_row(message))
+                    stored += 1
+                self._insert_run(run)
+        except sqlite3.Error as exc:
+            raise StoreError(str(exc)) from exc
+        finally:
+            self._next_seq = 0  # read again: the import numbered rows too
+        return Imported(stored, skipped)
+
+    def _stored_already(
+        self, message: StoredMessage, run: list[StoredMessage], run_ids: set[int]
+    ) -> bool:
+        """Its (session, sender_id) is stored; or, without a session, the same message
+        is stored under its seq."""
+        session, sender_id = message.session, message.sender_id
+        if session is not None and sender_id is not None:
+            if run and run[0].session == session and sender_id in run_ids:
+                return True
+            return self._find(session, sender_id) is not None
+        there = None
+        if run and run[0].seq <= message.seq <= run[-1].seq:  # a run's seqs follow on
+            there = run[message.seq - run[0].seq]
+        else:
+            there = self._at(message.seq)
+        return (
+            there is not None
+            and (there.sender, there.recipient, there.body)
+            == (message.sender, message.recipient, message.body)
+            and abs(there.received - message.received) < 0.001  # the file's times: ms or µs
+        )
+
+    def _at(self, seq: int) -> StoredMessage | None:
+        """The message stored under ``seq``, if any."""
+        row = self.db.execute(
+            "SELECT seq, session, sender_id, sender, recipient, body, reply, received, "
+            "delivered, status, reason FROM messages WHERE seq = ?",
+            (seq,),
+        ).fetchone()
+        if row is not None:
+            return StoredMessage(*row)
+        row = self.db.execute(
+            "SELECT seq, count, session, sender, received, messages FROM segments "
+            "WHERE seq <= ? ORDER BY seq DESC LIMIT 1",
+            (seq,),
+        ).fetchone()
+        if row is None or row[0] + row[1] <= seq:
+            return None
+        first, _, session, sender, received, blob = row
+        sender_id, body, reply = next(itertools.islice(unpack(blob), seq - first, None))
+        return StoredMessage(
+            seq, session, sender_id, sender, None, body, reply, received, received, 0, None
+        )
+
+    def _insert_run(self, run: list[StoredMessage]) -> None:
+        """Messages for the server as one segment row (``_same_segment`` made the run)."""
+        if run:
+            first = run[0]
+            items = [(m.sender_id or 0, m.body, m.reply) for m in run]  # never None here
+            row = _segment_row(first.seq, first.session, first.sender, first.received, items)
+            self.db.execute(_INSERT_SEGMENT, row)
+
     def close(self) -> None:
         self.db.close()
         if self._lock is not None:
@@ -415,6 +652,10 @@ class SQLiteStore(Store):
 _INSERT = (
     "INSERT INTO messages (seq, session, sender_id, sender, recipient, body, reply, received, "
     "delivered) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_INSERT_ALL = (
+    "INSERT INTO messages (seq, session, sender_id, sender, recipient, body, reply, received, "
+    "delivered, status, reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _DELIVERED = "UPDATE messages SET delivered = ?, status = ?, reason = ?, reply = ? WHERE seq = ?"
 _INSERT_SEGMENT = (
@@ -428,6 +669,27 @@ def _segment_row(
 ) -> tuple[Any, ...]:
     ids = [item[0] for item in items]
     return (seq, len(items), session, sender, min(ids), max(ids), received, pack(items))
+
+
+def _message_row(message: StoredMessage) -> tuple[Any, ...]:
+    m = message
+    return (m.seq, m.session, m.sender_id, m.sender, m.recipient, m.body, m.reply, m.received,
+            m.delivered, m.status, m.reason)  # fmt: skip
+
+
+_SEGMENT_MAX = 10_000  # messages an imported segment row holds at most
+
+
+def _same_segment(last: StoredMessage, message: StoredMessage) -> bool:
+    """Whether ``message`` goes in the segment row ``last`` ends: both for the server,
+    from one session and sender at one time, their seqs one after the other."""
+    return (
+        last.recipient is None
+        and message.recipient is None
+        and message.seq == last.seq + 1
+        and (message.session, message.sender, message.received)
+        == (last.session, last.sender, last.received)
+    )
 
 
 def _select(
@@ -444,6 +706,10 @@ def _select(
 
 def _seq(record: Record) -> int:
     return record.seq
+
+
+def _message_seq(message: StoredMessage) -> int:
+    return message.seq
 
 
 def _create_private(path: Path) -> None:
