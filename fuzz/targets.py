@@ -297,7 +297,6 @@ class _Run:
     state: State
     last_received_id: int
     output: bytes = field(compare=False)
-    peer_error: bool = field(compare=False)  # the peer's ERROR (even a bad one) was read
 
 
 def _framed_run(role: Role, max_size: int, auth: bool, chunks: list[bytes]) -> _Run:
@@ -307,12 +306,10 @@ def _framed_run(role: Role, max_size: int, auth: bool, chunks: list[bytes]) -> _
     watch = _Watch(role, max_size)
     bound = buffer_bound(max_size)
     output = []
-    peer_error = False
     for chunk in chunks:
         if not chunk:
             continue
         events = conn.receive_data(chunk)
-        peer_error = peer_error or conn.error_done  # set by the parser: we sent nothing yet
         watch.take(conn, events)
         check(conn.buffered <= bound, f"{conn.buffered} bytes kept, over {bound}")
         _respond(conn, events)
@@ -325,7 +322,7 @@ def _framed_run(role: Role, max_size: int, auth: bool, chunks: list[bytes]) -> _
     output.append(conn.data_to_send())
     if watch.stopped:
         check(conn.receive_data(frames.ping(F.PING, 1)) == [], "read after the end")
-    return _Run(watch.events, state, conn.last_received_id, b"".join(output), peer_error)
+    return _Run(watch.events, state, conn.last_received_id, b"".join(output))
 
 
 def _check_output(role: Role, max_size: int, output: bytes) -> None:

@@ -355,6 +355,10 @@ class TokenGate:
     def verify(self, key: bytes, challenge: bytes, answer: bytes) -> bool:
         return verify_answer(key, challenge, answer)
 
+    def holds_token(self, key: bytes) -> bool:
+        shared = None if self.token is None else stretch(self.token, b"")
+        return shared is not None and hmac.compare_digest(key, shared)
+
     def text_login(self, line: str) -> tuple[bool, str | None]:
         """``AUTH <token>``, or ``AUTH <name> <token>`` for a name in the users file."""
         if self.users is not None:

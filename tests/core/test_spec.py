@@ -137,6 +137,10 @@ def expected_examples() -> dict[str, bytes]:
     forwarded.send_message("hi bob", name="alice", msg_id=17)
     receipt = server()
     receipt.send_receipt(3, AckStatus.OK, "", "thanks")
+    asked = client()
+    asked.send_stats({})
+    counters = server()
+    counters.send_stats({"accepted": 3, "rejected": 0})
     delivered = server()
     delivered.send_answer(4, AckStatus.OK, "", "thanks", frames.FLAG_DELIVERED)
     ping = server()
@@ -163,6 +167,8 @@ def expected_examples() -> dict[str, bytes]:
         "ACK of ROUTED 4 without a store: bob's answer": sent(delivered),
         "PING from the server": sent(ping),
         "PONG": sent(pong),
+        "STATS asked by a client": sent(asked),
+        "STATS from the server (two of its counters)": sent(counters),
         "ERROR 3": sent(error),
         "GOODBYE from our client": sent(goodbye),
     }

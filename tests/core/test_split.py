@@ -191,6 +191,7 @@ def well_formed(ftype: FrameType, msg_id: int = 1) -> bytes:
         F.RECEIPT: frames.ack(1, 0, b"", b"", 0, F.RECEIPT),
         F.PING: frames.ping(F.PING, 0),
         F.PONG: frames.ping(F.PONG, 0),
+        F.STATS: frames.json_frame(F.STATS, {}),
         F.ERROR: frames.error(ErrorCode.IDLE_TIMEOUT, "x"),
         F.GOODBYE: frames.goodbye(""),
     }[ftype]

@@ -29,6 +29,7 @@ ROUTED = 0x12
 RECEIPT = 0x13
 PING = 0x20
 PONG = 0x21
+STATS = 0x22
 ERROR = 0x30
 GOODBYE = 0x31
 
@@ -43,6 +44,7 @@ FRAME_NAMES = {
     RECEIPT: "RECEIPT",
     PING: "PING",
     PONG: "PONG",
+    STATS: "STATS",
     ERROR: "ERROR",
     GOODBYE: "GOODBYE",
 }
@@ -193,6 +195,11 @@ def hello(
     return frame(HELLO, json_payload(obj))
 
 
+def stats() -> bytes:
+    """Ask the server for its counters (the STATS section)."""
+    return frame(STATS, json_payload({}))
+
+
 def auth(answer_hex: str) -> bytes:
     return frame(AUTH, json_payload({"answer": answer_hex}))
 
@@ -254,7 +261,7 @@ def _utf8(b: bytes, what: str) -> str:
 def parse(ftype: int, payload: bytes) -> Frame:
     """Parse one frame's payload, field by field, as the document lays it out."""
     n = len(payload)
-    if ftype in (HELLO, WELCOME, CHALLENGE, AUTH):
+    if ftype in (HELLO, WELCOME, CHALLENGE, AUTH, STATS):
         text = _utf8(payload, "JSON")
         try:
             obj = json.loads(text)

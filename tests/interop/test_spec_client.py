@@ -658,6 +658,25 @@ def test_ping_pong(env):
     c.close()
 
 
+def test_stats_asked_and_answered(env):
+    c = hs(env["store"], uniq("s"))
+    c.send(tx.message(1, "counted"))
+    a = c.read()
+    assert (a.type, a.id, a.status) == (tx.ACK, 1, tx.OK)
+    c.send(tx.stats())  # (a STATS answer is not an ACK: not ordered with them)
+    st = c.read()
+    assert st.type == tx.STATS and isinstance(st.obj.get("accepted"), int)
+    assert st.obj["accepted"] >= 1 and "refused" not in st.obj
+    c.close()
+
+
+def test_stats_before_welcome_is_unexpected(env):
+    c = env["store"].conn()
+    c.send(tx.PREAMBLE + tx.stats())
+    assert_error_last(c, tx.UNEXPECTED_FRAME)
+    c.close()
+
+
 def test_ping_pipelined_after_hello_gets_pong_after_welcome(env):
     c = env["store"].conn()
     c.send(tx.PREAMBLE + tx.hello(uniq("p")) + tx.ping(b"\x01" * 8))

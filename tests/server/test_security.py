@@ -8,6 +8,7 @@ import os
 import ssl
 import stat
 import subprocess
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from telex.core import frames
 from telex.core.events import Challenge, ErrorCode, PeerError, Welcome
 from telex.core.frames import FrameType
 from telex.core.protocol import Connection, Role
+from telex.core.records import SessionState
 from telex.security import (
     KnownHosts,
     Users,
@@ -27,10 +29,11 @@ from telex.security import (
     write_certificate,
 )
 from telex.server import Server
+from telex.store import SQLiteStore
 
 from ..cli.test_cli import TELEX, closed_port, need, one_clear_line
 from ..cli.test_cli import telex as run_telex
-from ..conftest import TIMEOUT
+from ..conftest import TIMEOUT, wait_until
 
 TOKEN = "correct horse battery staple"
 
@@ -473,3 +476,71 @@ def test_handshakes_started_right_after_connect_all_finish(
         return
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         runner.run(run())
+
+
+async def test_a_text_peer_paused_while_its_login_waited_is_read_again(
+    secured: tuple[Server, str],
+) -> None:
+    """More lines than the server holds arrive while a text peer's login waits for its
+    turn: once it is let in, reading resumes and every line is answered."""
+    server, found = secured
+    for _ in range(6):  # the sixth failure makes the next check wait 1 s
+        with pytest.raises(telex.AuthenticationFailed):
+            await telex.connect("127.0.0.1", server.port, **pinned(found, token="guess"))
+    reader, writer = await asyncio.open_connection(
+        "127.0.0.1", server.port, ssl=client_context(verify=False)
+    )
+    writer.write(f"AUTH {TOKEN}\n".encode())
+    await writer.drain()
+    await asyncio.sleep(0.2)  # the AUTH line is read alone; its check waits
+    lines = 20_000  # over the 10,000 a connection may have waiting
+    writer.write(b"".join(b"line %d\n" % i for i in range(lines)))
+    await writer.drain()
+    async with asyncio.timeout(TIMEOUT):
+        answers = [await reader.readline() for _ in range(lines + 1)]
+    assert answers[0] == b"ack 1: authenticated\n" and answers[-1].startswith(b"ack 20001:")
+    writer.close()
+
+
+async def test_logins_of_closed_connections_leave_the_queue(secured: tuple[Server, str]) -> None:
+    server, found = secured
+    for _ in range(7):  # the next check waits 2 s
+        with pytest.raises(telex.AuthenticationFailed):
+            await telex.connect("127.0.0.1", server.port, **pinned(found, token="guess"))
+    waiting = [
+        asyncio.ensure_future(
+            telex.connect("127.0.0.1", server.port, **pinned(found, token="guess"))
+        )
+        for _ in range(20)
+    ]
+    await wait_until(lambda: server.logins.waiting("127.0.0.1") == 20)
+    for attempt in waiting:
+        attempt.cancel()  # the clients give up: their connections close
+    await asyncio.gather(*waiting, return_exceptions=True)
+    await wait_until(lambda: server.logins.waiting("127.0.0.1") == 0)
+
+
+async def test_a_login_that_waited_its_turn_is_not_timed_out_loading_its_session(
+    certificate: tuple[Path, str], tmp_path: Path
+) -> None:
+    """The wait for the check does not count against the handshake time, nor does it
+    eat into the reading of the session that follows."""
+
+    class SlowStore(SQLiteStore):
+        def session_state(self, session: str | None, name: str) -> SessionState:
+            time.sleep(0.6)  # a busy store thread: the session waits behind commits
+            return super().session_state(session, name)
+
+    store = SlowStore(tmp_path / "slow.db")
+    limits = telex.Limits(handshake_timeout=2.0)
+    try:
+        async with Server(port=0, token=TOKEN, store=store, limits=limits) as server:
+            for _ in range(7):  # the next check waits 2 s: as long as the handshake time
+                with pytest.raises(telex.AuthenticationFailed):
+                    await telex.connect("127.0.0.1", server.port, token="guess")
+            async with telex.connect(
+                "127.0.0.1", server.port, token=TOKEN, connect_timeout=TIMEOUT
+            ) as client:
+                assert (await client.send("let in")).ok
+    finally:
+        store.close()

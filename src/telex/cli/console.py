@@ -26,6 +26,7 @@ from ..core.address import format_address
 from ..core.events import Ack, Body, Message, Receipt
 from ..core.protocol import valid_name
 from ..core.textmode import text_body
+from ..exceptions import TelexError
 from ..server import Peer, PeerEvent, Server, default_handler
 from .render import body_fields, printable
 
@@ -41,7 +42,7 @@ __all__ = [
     "run_prompt",
 ]
 
-HELP = "@NAME TEXT: to one client · TEXT: to {everyone} · /who · /help · /quit"
+HELP = "@NAME TEXT: to one client · TEXT: to {everyone} · /who · /stats · /help · /quit"
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,7 +61,7 @@ def parse_command(line: str) -> Command | None:
         return None
     if stripped.startswith("/"):
         word = stripped.split()[0][1:].lower()
-        if word in ("who", "help", "quit"):
+        if word in ("who", "help", "quit", "stats"):
             return Command(word)
         if word == "exit":
             return Command("quit")
@@ -186,7 +187,8 @@ class MessagePrinter:
     def __call__(self, message: Message, peer: Peer) -> str:
         out = self.out
         if out.as_json:
-            out.record("message", time=now_iso(), id=message.id, sender=peer.name,
+            out.record("message", time=now_iso(), id=message.id,
+                       sender=peer.name or peer.address,
                        peer=peer.address, **body_fields(message.body))  # fmt: skip
         else:
             who = out.style(peer.name or peer.address, fg="cyan")
@@ -289,6 +291,8 @@ class ServerConsole:
             self.out.line(HELP.format(everyone="every connected client"))
         elif command.kind == "who":
             self.who()
+        elif command.kind == "stats":
+            await self.show_stats()
         elif command.kind == "unknown":
             self.out.line(f"unknown command {command.text!r}; /help lists them", fg="yellow")
         else:
@@ -307,6 +311,17 @@ class ServerConsole:
                             since=iso(peer.connected_at))  # fmt: skip
         if not peers:
             self.out.line("  nobody is connected")
+
+    async def show_stats(self) -> None:
+        from .stats import describe
+
+        values = await self.server.figures()
+        self.out.record("stats", time=now_iso(), server=self.where(), values=values)
+        for line in describe(values, self.where()):
+            self.out.line(f"  {line}")
+
+    def where(self) -> str:
+        return format_address((self.server.host, self.server.port))
 
     async def send(self, command: Command) -> None:
         if command.to is not None:
@@ -423,7 +438,12 @@ class ChatSession:
         if command.kind == "quit":
             return False
         if command.kind == "help":
-            self.out.line("TEXT: to the server · @NAME TEXT: to another client · /quit (Ctrl-D)")
+            self.out.line(
+                "TEXT: to the server · @NAME TEXT: to another client · /stats · /quit (Ctrl-D)"
+            )
+            return True
+        if command.kind == "stats":
+            await self.show_stats()
             return True
         if command.kind != "send":
             self.out.line(f"unknown command {command.text!r}; /help lists them", fg="yellow")
@@ -447,6 +467,19 @@ class ChatSession:
         self.out.record("sent", id=msg_id, to=command.to, text=command.text)
         future.add_done_callback(lambda done: self._acknowledged(done, who, msg_id))
         return True
+
+    async def show_stats(self) -> None:
+        from .stats import describe
+
+        where = format_address((self.host, self.port))
+        try:
+            values = await self.client.stats()
+        except TelexError as exc:
+            self.out.line(f"  no stats: {exc}", fg="yellow")
+            return
+        self.out.record("stats", time=now_iso(), server=where, values=values)
+        for line in describe(values, where):
+            self.out.line(f"  {line}")
 
     def _acknowledged(self, future: asyncio.Future[Ack], who: str, msg_id: int) -> None:
         if future.cancelled():

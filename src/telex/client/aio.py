@@ -13,6 +13,7 @@ import contextlib
 import logging
 import socket
 import ssl
+import time
 import uuid
 from collections import deque
 from collections.abc import (
@@ -39,8 +40,10 @@ from ..core.events import (
     Message,
     PeerError,
     Ping,
+    Pong,
     ProtocolViolation,
     Receipt,
+    StatsFrame,
     Welcome,
 )
 from ..core.handlers import Reject, is_async, rejection_for, reply_body
@@ -124,6 +127,8 @@ class _ClientProtocol(FlushOnce, asyncio.Protocol):
         self.can_write: asyncio.Future[None] | None = None
         self.challenge: Challenge | None = None
         self.verified = False  # the server's certificate (if any) passed our checks
+        self.pings: dict[bytes, asyncio.Future[float]] = {}  # payload -> when its PONG came
+        self.stats: deque[asyncio.Future[dict[str, Any]]] = deque()  # STATS asked, in order
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
@@ -152,6 +157,15 @@ class _ClientProtocol(FlushOnce, asyncio.Protocol):
                     self.welcome.set_result(event)
             elif type(event) is Ping:
                 self.conn.send_pong(event.payload)
+            elif type(event) is Pong:
+                ping = self.pings.get(event.payload)
+                if ping is not None and not ping.done():
+                    ping.set_result(time.perf_counter())
+            elif type(event) is StatsFrame:
+                if self.stats:
+                    answer = self.stats.popleft()
+                    if not answer.done():
+                        answer.set_result(event.values)
             elif type(event) is Goodbye:
                 self.server_goodbye = True
             elif type(event) is ProtocolViolation:
@@ -177,6 +191,10 @@ class _ClientProtocol(FlushOnce, asyncio.Protocol):
             self.can_write.set_result(None)
         if not self.closed.done():
             self.closed.set_result(None)
+        waiting: list[asyncio.Future[Any]] = [*self.pings.values(), *self.stats]
+        for answer in waiting:
+            if not answer.done():
+                answer.set_exception(self.failure)
         self.client._connection_lost(self)
 
     def pause_writing(self) -> None:
@@ -271,6 +289,7 @@ class AsyncClient:
         self._closing = False
         self._done: asyncio.Future[None] | None = None
         self._reconnecting: asyncio.Task[None] | None = None
+        self._pings = 0  # PINGs sent: each one's payload is its number
 
     @property
     def address(self) -> str:
@@ -670,6 +689,57 @@ class AsyncClient:
                 return await future
         except TimeoutError as exc:
             raise TelexTimeout(f"no acknowledgment from {self.address} within {limit:g} s") from exc
+
+    async def ping(self, *, timeout: float | None = None) -> float:
+        """Send a PING and return the seconds until its PONG came back.
+
+        The round trip goes through the network and the server's event loop, not its
+        handler or store (a message's ack measures those). Raises ``TelexTimeout``
+        after ``timeout`` (default: the client's), ``ConnectionClosed`` when the
+        connection is down or drops before the PONG.
+        """
+        if self._failure is not None:
+            raise self._failure
+        protocol = self._protocol
+        if self._done is None or self._closing or protocol is None or protocol.closed.done():
+            raise ConnectionClosed(f"not connected to {self.address}")
+        self._pings += 1
+        payload = self._pings.to_bytes(8, "big")
+        pong: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+        protocol.pings[payload] = pong
+        limit = self.timeout if timeout is None else timeout
+        try:
+            self._conn.send_ping(self._pings)
+            sent = time.perf_counter()
+            protocol.flush()  # now, not at the end of this loop turn: the clock runs
+            async with asyncio.timeout(limit):
+                return await pong - sent
+        except TimeoutError as exc:
+            raise TelexTimeout(f"no PONG from {self.address} within {limit:g} s") from exc
+        finally:
+            del protocol.pings[payload]
+
+    async def stats(self, *, timeout: float | None = None) -> dict[str, Any]:
+        """The server's live counters (docs/operations.md lists them). A server with a
+        shared token tells only a client that logged in with it: else ``TelexError``."""
+        if self._failure is not None:
+            raise self._failure
+        protocol = self._protocol
+        if self._done is None or self._closing or protocol is None or protocol.closed.done():
+            raise ConnectionClosed(f"not connected to {self.address}")
+        answer: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        protocol.stats.append(answer)
+        self._conn.send_stats({})
+        protocol.flush()
+        limit = self.timeout if timeout is None else timeout
+        try:
+            async with asyncio.timeout(limit):
+                values = await answer
+        except TimeoutError as exc:
+            raise TelexTimeout(f"no STATS from {self.address} within {limit:g} s") from exc
+        if "refused" in values:
+            raise TelexError(f"{self.address} refused: {values['refused']}")
+        return values
 
     @property
     def server_said_goodbye(self) -> bool:

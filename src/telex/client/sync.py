@@ -101,6 +101,15 @@ class Client:
         )
         return self._run(many)
 
+    def ping(self, *, timeout: float | None = None) -> float:
+        """Send a PING and return the seconds until its PONG came back (the network and
+        the server's event loop, not its handler or store)."""
+        return self._run(self._client.ping(timeout=timeout))
+
+    def stats(self, *, timeout: float | None = None) -> dict[str, Any]:
+        """The server's live counters (docs/operations.md lists them)."""
+        return self._run(self._client.stats(timeout=timeout))
+
     def receive(self, *, timeout: float | None = None) -> Message:
         """The next message from the server; ``TelexTimeout`` after ``timeout`` seconds."""
         return self._run(self._client.receive(timeout=timeout))

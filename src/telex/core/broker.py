@@ -36,6 +36,7 @@ from .events import (
     PeerError,
     Ping,
     ProtocolViolation,
+    StatsFrame,
 )
 from .handlers import Reject, rejection_for, reply_body
 from .protocol import Connection, Role, looks_framed
@@ -120,6 +121,22 @@ class Stats:
     refused_connections: int = 0
     commits: int = 0
     commit_failures: int = 0
+    handler_errors: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
+    rejected_by: dict[str, int] = field(default_factory=dict)  # by ACK status name
+    refused_by: dict[str, int] = field(default_factory=dict)  # connections, by why
+
+    def reject(self, status: int, count: int = 1) -> None:
+        """``count`` messages answered with a rejection of ``status``."""
+        self.rejected += count
+        name = AckStatus(status).name.lower()
+        self.rejected_by[name] = self.rejected_by.get(name, 0) + count
+
+    def refuse(self, why: str) -> None:
+        """A connection refused (or closed unfinished) at a limit."""
+        self.refused_connections += 1
+        self.refused_by[why] = self.refused_by.get(why, 0) + 1
 
 
 class Gate(Protocol):
@@ -132,6 +149,10 @@ class Gate(Protocol):
         ...
 
     def verify(self, key: bytes, challenge: bytes, answer: bytes) -> bool: ...
+
+    def holds_token(self, key: bytes) -> bool:
+        """The key a client proved is the server's shared token (not a user's own)."""
+        ...
 
     def text_login(self, line: str) -> tuple[bool, str | None]:
         """A text peer's first line: (right, the user's name if it gave one)."""
@@ -151,6 +172,7 @@ class Link:
     """The broker's view of one connection."""
 
     __slots__ = (
+        "admin",
         "answers",
         "challenge",
         "deliveries",
@@ -189,6 +211,7 @@ class Link:
         self.parked: list[Callable[[Any], None]] = []  # receipts waiting for the held
         self.known: dict[int, Found | None] = {}  # resent ids looked up: stored or not
         self.login: Callable[[], bool] | None = None  # a login waiting for its check
+        self.admin = False  # logged in with the server's shared token: may see its stats
         self.max_stored = 0  # this session's highest stored id: lower ones may be resends
         self.outgoing: dict[int, OnAnswer] = {}  # sent to this client, not yet answered
         self.outgoing_answerable = True  # False once its input ended: no acks can come
@@ -275,6 +298,15 @@ class CheckLogin:
 
 
 @dataclass(frozen=True, slots=True)
+class StatsAsked:
+    """The client asked for the server's counters: the server answers with a ``STATS``
+    frame, with them if ``allowed``."""
+
+    link: Link
+    allowed: bool
+
+
+@dataclass(frozen=True, slots=True)
 class Notice:
     event: PeerEvent
 
@@ -289,7 +321,9 @@ class Delivered:
     ack: Ack
 
 
-Action = Close | Commit | Load | Find | RunHandler | Pause | CheckLogin | Notice | Delivered
+Action = (
+    Close | Commit | Load | Find | RunHandler | Pause | CheckLogin | StatsAsked | Notice | Delivered
+)
 
 
 @dataclass(slots=True)
@@ -422,7 +456,7 @@ class Broker:
         """The server is stopping: answer what arrived, say goodbye, close."""
         self.closing = True
         for link in list(self.links):
-            if not link.open:
+            if not link.open or link.login is not None:  # a login not checked yet too
                 self._close(link, "server shutting down")
             else:
                 link.ending = link.ending or "server shutting down"
@@ -567,6 +601,10 @@ class Broker:
             proto = link.proto
             assert isinstance(proto, Connection)
             proto.send_pong(cast(Ping, event).payload)
+        elif kind is StatsFrame:
+            gate = self.gate
+            allowed = gate is None or not gate.required or link.admin
+            self.actions.append(StatsAsked(link, allowed))
         elif kind is MessageTooLarge:
             too_large = cast(MessageTooLarge, event)
             self._notice("too_large", link, f"message {too_large.id}: {too_large.reason}")
@@ -621,7 +659,7 @@ class Broker:
             self._settle(link)
 
     def _reject(self, link: Link, msg_id: int, status: int, reason: str) -> None:
-        self.stats.rejected += 1
+        self.stats.reject(status)
         self._answer(link, _rejection(msg_id, status, reason))
 
     def _handler_failed(self, link: Link, event: Message, exc: Exception) -> None:
@@ -630,9 +668,11 @@ class Broker:
     def _failure(self, link: Link, msg_id: int, exc: Exception) -> Callable[[Any], None]:
         """The answer a handler's exception earns; a bug (not a Reject) is reported."""
         if not isinstance(exc, Reject):
+            self.stats.handler_errors += 1
             self._notice("handler_failed", link, f"message {msg_id}", exc)
-        self.stats.rejected += 1
-        return _rejection(msg_id, *rejection_for(exc))
+        status, reason = rejection_for(exc)
+        self.stats.reject(status)
+        return _rejection(msg_id, status, reason)
 
     def _settle(self, link: Link) -> None:
         """Once every answer is out: the ERROR, or GOODBYE and the close, that waited."""
@@ -802,7 +842,7 @@ class Broker:
         for (link, slot, items), seq in zip(thens.inbound, inbound, strict=True):
             link.staged -= len(items)
             if isinstance(seq, str):
-                self.stats.rejected += len(items)
+                self.stats.reject(AckStatus.UNAVAILABLE, len(items))
                 self._fill(link, slot, _unavailable(items, _could_not_store(seq)))
                 continue
             self.stats.accepted += len(items)
@@ -878,7 +918,7 @@ class Broker:
         slot = Slot()
         link.answers.append(slot)
         if to.lower() in RESERVED_NAMES:  # no client holds one: nothing to store it for
-            self.stats.rejected += 1
+            self.stats.reject(AckStatus.NOT_DELIVERED)
             reason = (
                 "the server is not a client: send it a MESSAGE, without a name"
                 if to.lower() == "server"
@@ -891,14 +931,14 @@ class Broker:
             return
         target = self.clients.get(to)
         if target is None or target.deliveries is None:
-            self.stats.rejected += 1
+            self.stats.reject(AckStatus.NOT_DELIVERED)
             reason = f"no client named {to!r} is connected"
             self._fill(link, slot, _rejection(msg_id, AckStatus.NOT_DELIVERED, reason))
             return
 
         def answered(ack: Ack) -> None:
             if ack.status == AckStatus.NOT_DELIVERED:
-                self.stats.rejected += 1
+                self.stats.reject(AckStatus.NOT_DELIVERED)
                 flags = 0
             else:
                 self.stats.delivered += 1
@@ -913,7 +953,7 @@ class Broker:
 
         def stored(seq: int | None, error: str) -> None:
             if seq is None:
-                self.stats.rejected += 1
+                self.stats.reject(AckStatus.UNAVAILABLE)
                 self._fill(link, slot, _rejection(msg_id, AckStatus.UNAVAILABLE, error))
                 return
             self.stats.accepted += 1
@@ -1088,9 +1128,7 @@ class Broker:
         link.text_login = False
         link.peer.name = name
         self._answer(link, lambda proto: proto.send_ack(line.id, "authenticated"))
-        held, link.held = link.held or [], None
-        if held:
-            self.handle(link, held)
+        self._release(link)  # the lines that came meanwhile, reading again, its end
         return True
 
     def check_login(self, link: Link) -> bool:
@@ -1132,9 +1170,14 @@ class Broker:
         if hello is None or not self.gate.verify(link.key, link.challenge, auth.answer):
             self._refuse(link, "wrong token")
             return False
+        link.admin = self.gate.holds_token(link.key)
         held, link.held = link.held or [], None
-        if self._admit(link, hello, held) and held:
-            self.handle(link, held)
+        if self._admit(link, hello, held):
+            if held:
+                self.handle(link, held)
+            if link.held is None:  # reading again, and its end if it came meanwhile
+                self._resume_if_drained(link)
+                self._settle(link)
         return True
 
     def _admit(self, link: Link, hello: Hello, rest: list[Event]) -> bool:

@@ -26,6 +26,7 @@ __all__ = [
     "Pong",
     "ProtocolViolation",
     "Receipt",
+    "StatsFrame",
     "Welcome",
 ]
 
@@ -200,6 +201,14 @@ class Pong:
 
 
 @dataclass(frozen=True, slots=True)
+class StatsFrame:
+    """A client asks for the server's counters (``values`` empty), or the server's answer
+    (its counters, or ``{"refused": reason}``)."""
+
+    values: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
 class Goodbye:
     """The peer will send no new messages; it still acknowledges what it received."""
 
@@ -233,6 +242,7 @@ Event = (
     | MessageTooLarge
     | Ping
     | Pong
+    | StatsFrame
     | Goodbye
     | PeerError
     | ProtocolViolation

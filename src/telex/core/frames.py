@@ -27,6 +27,7 @@ from .events import (
     Ping,
     Pong,
     Receipt,
+    StatsFrame,
     Welcome,
 )
 
@@ -80,6 +81,7 @@ class FrameType(IntEnum):
     RECEIPT = 0x13
     PING = 0x20
     PONG = 0x21
+    STATS = 0x22
     ERROR = 0x30
     GOODBYE = 0x31
 
@@ -278,6 +280,11 @@ def decode_welcome(payload: bytes) -> Welcome:
     ):
         raise _malformed("WELCOME fields have the wrong types")
     return Welcome(PROTOCOL_VERSION, agent, limits, name, obj.get("stable_ids") is True)
+
+
+def decode_stats(payload: bytes) -> StatsFrame:
+    """A request for the server's counters (``{}``), or the server's answer to one."""
+    return StatsFrame(_json(payload, "STATS", versioned=False))
 
 
 def decode_challenge(payload: bytes) -> Challenge:

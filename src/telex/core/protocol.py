@@ -247,6 +247,10 @@ class Connection:
             self.said_goodbye = True
             self._out.append(frames.goodbye(reason))
 
+    def send_stats(self, values: dict[str, Any]) -> None:
+        """A client: ask for the server's counters (``{}``); a server: answer with them."""
+        self._out.append(frames.json_frame(FrameType.STATS, values))
+
     def send_error(self, code: ErrorCode, reason: str) -> None:
         """Queue an ERROR frame, the last frame: the caller closes after writing it.
 
@@ -551,6 +555,7 @@ _DECODERS: dict[FrameType, Callable[[bytes], Event]] = {
     FrameType.RECEIPT: frames.decode_receipt,
     FrameType.PING: frames.decode_ping,
     FrameType.PONG: frames.decode_pong,
+    FrameType.STATS: frames.decode_stats,
     FrameType.GOODBYE: frames.decode_goodbye,
     FrameType.ERROR: frames.decode_error,
     FrameType.HELLO: frames.decode_hello,

@@ -43,15 +43,15 @@ RECEIVES: dict[Role, dict[State, frozenset[FrameType]]] = {
         State.PREAMBLE: frozenset(),
         State.HANDSHAKE: frozenset({F.HELLO, F.ERROR}),
         State.AUTH: frozenset({F.AUTH, F.ERROR}),
-        State.OPEN: frozenset({F.MESSAGE, F.ROUTED, F.GOODBYE, *_ANSWERS}),
+        State.OPEN: frozenset({F.MESSAGE, F.ROUTED, F.GOODBYE, F.STATS, *_ANSWERS}),
         State.DRAINING: frozenset(_ANSWERS),
         State.CLOSED: frozenset(),
     },
     Role.CLIENT: {
         State.PREAMBLE: frozenset(),
         State.HANDSHAKE: frozenset({F.WELCOME, F.CHALLENGE, F.ERROR}),
-        State.OPEN: frozenset({F.MESSAGE, F.ROUTED, F.RECEIPT, F.GOODBYE, *_ANSWERS}),
-        State.DRAINING: frozenset({F.RECEIPT, *_ANSWERS}),
+        State.OPEN: frozenset({F.MESSAGE, F.ROUTED, F.RECEIPT, F.GOODBYE, F.STATS, *_ANSWERS}),
+        State.DRAINING: frozenset({F.RECEIPT, F.STATS, *_ANSWERS}),
         State.CLOSED: frozenset(),
     },
 }

@@ -43,11 +43,13 @@ class PeerProtocol(asyncio.Protocol):
         self.paused_for: set[str] = set()
         self.handler_calls: deque[RunHandler] = deque()  # for the async handler, in order
         self.worker: asyncio.Task[None] | None = None
+        self.tls = False
 
     # -- asyncio callbacks ------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
+        self.tls = transport.get_extra_info("ssl_object") is not None
         address = transport.get_extra_info("peername")
         host = str(address[0]) if isinstance(address, tuple) else str(address)
         self.link = Link(Peer(format_address(address), connected_at=time.time()), host, self)
@@ -60,6 +62,7 @@ class PeerProtocol(asyncio.Protocol):
         self.transport.set_write_buffer_limits(high=limit, low=limit // 4)
 
     def data_received(self, data: bytes) -> None:
+        self.broker.stats.bytes_in += len(data)
         self.last_heard = self.loop.time()
         self.pinged = False
         link = self.link
@@ -123,6 +126,7 @@ class PeerProtocol(asyncio.Protocol):
             return
         data = proto.data_to_send()
         if data and self.transport is not None and not self.transport.is_closing():
+            self.broker.stats.bytes_out += len(data)
             self.transport.write(data)
 
     def close(self) -> None:

@@ -49,6 +49,13 @@ class LoginPacer:
         if host not in self._timers:
             self._run(host)
 
+    def withdraw(self, link: Link) -> None:
+        """``link`` is gone: it waits no more (so the queue never outgrows the
+        connections of its address)."""
+        queue = self._waiting.get(link.host)
+        if queue is not None and link in queue:
+            queue.remove(link)
+
     def waiting(self, host: str) -> int:
         """How many logins from ``host`` wait for their check."""
         return len(self._waiting.get(host, ()))

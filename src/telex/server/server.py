@@ -38,16 +38,20 @@ from ..core.broker import (
     Peer,
     PeerEvent,
     RunHandler,
+    StatsAsked,
 )
 from ..core.events import Ack, AckStatus, Body, ErrorCode, Message
 from ..core.handlers import Reject, is_async
 from ..core.limits import Limits
+from ..core.protocol import Connection
 from ..core.records import Batch, Found
 from ..exceptions import MessageRejected, TelexTimeout
 from ..security import TokenGate, Users
 from ..store.base import Store, StoreError, open_store
 from .adapter import PeerProtocol
+from .housekeeping import Housekeeper
 from .logins import LoginPacer
+from .metrics import LATENCY_BUCKETS, SIZE_BUCKETS, Histogram, snapshot
 
 __all__ = [
     "DEFAULT_PORT",
@@ -103,6 +107,7 @@ class Server:
         ssl: SSLContext | None = None,
         token: str | None = None,
         users: Users | None = None,
+        keep: float | None = None,
     ) -> None:
         self.handler: Handler = handler or default_handler
         self._owns_store = store is not None and not isinstance(store, Store)
@@ -110,6 +115,8 @@ class Server:
         self.ssl = ssl
         self.token = token
         self.users = users
+        self.keep = keep  # seconds delivered messages are kept (--keep); None: for ever
+        self._housekeeper: Housekeeper | None = None
         self.gate = TokenGate(token, users) if token is not None or users is not None else None
         self.auth_required = self.gate is not None
         self.host = host
@@ -128,7 +135,12 @@ class Server:
             advertised=self.limits.advertised(),
             agent=f"telex/{__version__}",
         )
-        self.logins = LoginPacer(self.broker.check_login, then=self.run_actions)
+        self.logins = LoginPacer(self._check_login, then=self.run_actions)
+        self.started = time.time()
+        self.commit_sizes = Histogram(SIZE_BUCKETS)  # messages (and marks) a transaction
+        self.commit_latency = Histogram(LATENCY_BUCKETS)  # seconds, hand-over to commit
+        self._queued: dict[str, tuple[int, float]] = {}  # the store's outboxes, when read
+        self._tasks: set[asyncio.Task[None]] = set()
         self.connections: dict[PeerProtocol, None] = {}  # oldest first
         self.closing = False
         self._by_address: dict[str, dict[PeerProtocol, None]] = {}
@@ -157,6 +169,8 @@ class Server:
         )
         self.port = self._server.sockets[0].getsockname()[1]
         self._watchdog = asyncio.create_task(self._watch())
+        if self.keep is not None and self.store is not None and self._store_thread is not None:
+            self._housekeeper = Housekeeper(self.store, self._store_thread, self.keep).start()
 
     @property
     def address(self) -> tuple[str, int]:
@@ -190,6 +204,8 @@ class Server:
             self._watchdog.cancel()
         if self._server is not None:
             await self._server.wait_closed()
+        if self._housekeeper is not None:
+            await self._housekeeper.close()
         if self._store_thread is not None:  # what is collected is stored before it closes
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.shutdown_grace):
@@ -208,8 +224,39 @@ class Server:
         await self.close()
 
     def stats(self) -> dict[str, int]:
-        """What the server has counted, for ``--json`` and monitoring."""
-        return {**dataclasses.asdict(self.broker.stats), "open_connections": len(self.connections)}
+        """What the server has counted (the plain counters; ``metrics.snapshot`` has
+        every figure)."""
+        counters = {
+            key: value
+            for key, value in dataclasses.asdict(self.broker.stats).items()
+            if isinstance(value, int)
+        }
+        return {**counters, "open_connections": len(self.connections)}
+
+    def gauges(self) -> dict[str, Any]:
+        """What is true now: connections by mode, clients, what waits for each client."""
+        modes = {"framed": 0, "text": 0, "handshaking": 0}
+        tls = 0
+        for peer in self.connections:
+            link = peer.link
+            modes["handshaking" if link.handshaking else link.peer.mode or "text"] += 1
+            tls += peer.tls
+        now = time.time()
+        queued = {
+            name: {"count": count, "oldest_seconds": round(max(0.0, now - oldest), 3)}
+            for name, (count, oldest) in self._queued.items()
+        }
+        for name, link in self.broker.clients.items():  # in flight to a connected client
+            if link.outgoing and name not in queued:
+                queued[name] = {"count": len(link.outgoing), "oldest_seconds": 0.0}
+        return {
+            "connections_open": len(self.connections),
+            "connections_by_mode": modes,
+            "connections_tls": tls,
+            "clients": len(self.broker.clients),
+            "queued": queued,
+            "uptime_seconds": round(now - self.started, 3),
+        }
 
     @property
     def clients(self) -> dict[str, Any]:
@@ -244,6 +291,8 @@ class Server:
                         link.io.set_reading("broker", reading)
                     case CheckLogin(link):
                         self.logins.submit(link)
+                    case StatsAsked(link, allowed):
+                        self._answer_stats(link, allowed)
                     case Notice(event):
                         self._notice(event)
                     case Delivered(seq, name, ack):
@@ -256,9 +305,14 @@ class Server:
         batch = self.broker.take_batch()
         if batch is None or self._store_thread is None:
             return
+        size = sum(len(part.items) for part in batch.inbound)
+        self.commit_sizes.observe(size + len(batch.envelopes) + len(batch.delivered))
+        started = time.perf_counter()
         future = self._store_thread.submit(self._store_batch, batch, time.time())
         loop = asyncio.get_running_loop()
-        future.add_done_callback(lambda done: loop.call_soon_threadsafe(self._committed, done))
+        future.add_done_callback(
+            lambda done: loop.call_soon_threadsafe(self._committed, done, started)
+        )
 
     def _store_batch(
         self, batch: Batch, now: float
@@ -289,7 +343,8 @@ class Server:
             return _reason(exc)
         return (result.inbound or result.envelopes or [0])[0]
 
-    def _committed(self, future: Future[Outcome]) -> None:
+    def _committed(self, future: Future[Outcome], started: float) -> None:
+        self.commit_latency.observe(time.perf_counter() - started)
         inbound, envelopes, error = future.result()
         if error and error != self._last_store_error:
             log.error("store: %s: what it could not store is refused, never acknowledged", error)
@@ -311,13 +366,43 @@ class Server:
                 result = future.result()
             except Exception as exc:
                 log.error("store: cannot read: %s", exc)
-                self.broker.fail(link, ErrorCode.INTERNAL_ERROR, "the server cannot read its store")
+                if link is not None:
+                    self.broker.fail(
+                        link, ErrorCode.INTERNAL_ERROR, "the server cannot read its store"
+                    )
             else:
                 then(result)
             self.run_actions()
 
         future = self._store_thread.submit(call, *args)
         future.add_done_callback(lambda f: loop.call_soon_threadsafe(done, f))
+
+    def _check_login(self, link: Link) -> bool:
+        """The pacer's turn for ``link``: the client did its part in time, so the rest
+        of its handshake (reading its session) gets a handshake time of its own."""
+        link.io.connected = asyncio.get_running_loop().time()
+        return self.broker.check_login(link)
+
+    def _answer_stats(self, link: Link, allowed: bool) -> None:
+        """A STATS frame back: the figures (read fresh, outboxes included), or why not."""
+        task = asyncio.ensure_future(self._send_stats(link, allowed))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _send_stats(self, link: Link, allowed: bool) -> None:
+        refusal = "stats are for a client that logged in with the server's token"
+        values = await self.figures() if allowed else {"refused": refusal}
+        proto = link.proto
+        if isinstance(proto, Connection) and link in self.broker.links and link.final is None:
+            proto.send_stats(values)
+            link.io.flush()
+
+    async def figures(self) -> dict[str, Any]:
+        """Every figure now (``metrics.snapshot``), with the store's outboxes read first."""
+        if self.store is not None and self._store_thread is not None:
+            loop = asyncio.get_running_loop()
+            self._queued = await loop.run_in_executor(self._store_thread, self.store.outboxes)
+        return snapshot(self)
 
     def _notice(self, event: PeerEvent) -> None:
         where = event.peer.address
@@ -453,25 +538,29 @@ class Server:
         address = peer.link.host
         here = self._by_address.get(address, {})
         starting = [other for other in here if other.link.handshaking]
-        if self.closing or len(here) - len(starting) >= limits.max_connections_per_address:
-            self.broker.stats.refused_connections += 1
+        if self.closing:
+            self.broker.stats.refuse("closing")
+            return False
+        if len(here) - len(starting) >= limits.max_connections_per_address:
+            self.broker.stats.refuse("per_address")
             return False
         if len(starting) >= limits.max_handshakes_per_address:
-            self._evict(starting[0], f"more than {len(starting)} handshakes from {address}")
+            why = f"more than {len(starting)} handshakes from {address}"
+            self._evict(starting[0], why, "handshakes_per_address")
         if len(self.connections) >= limits.max_connections:
             oldest = next((other for other in self.connections if other.link.handshaking), None)
             if oldest is None:
-                self.broker.stats.refused_connections += 1
+                self.broker.stats.refuse("full")
                 return False
-            self._evict(oldest, "the server is full")
+            self._evict(oldest, "the server is full", "full")
         self.connections[peer] = None
         self._by_address.setdefault(address, {})[peer] = None
         return True
 
-    def _evict(self, peer: PeerProtocol, why: str) -> None:
+    def _evict(self, peer: PeerProtocol, why: str, counted_as: str) -> None:
         """Close a connection still in its handshake to make room for a new one."""
         self.forget(peer)
-        self.broker.stats.refused_connections += 1
+        self.broker.stats.refuse(counted_as)
         reason = f"closed unfinished: {why}"
         log.info("%s: %s", peer.link.describe(), reason)
         self.broker.fail(peer.link, ErrorCode.TOO_MANY_CONNECTIONS, reason)
@@ -482,6 +571,7 @@ class Server:
         if peer not in self.connections:
             return
         del self.connections[peer]
+        self.logins.withdraw(peer.link)
         host = peer.link.host
         here = self._by_address[host]
         del here[peer]
