@@ -32,7 +32,7 @@ LATIN1 = os.fsdecode(b"caf\xe9")  # 'café' in Latin-1, not UTF-8: as argv, thos
 CASE_TIMEOUT = TIMEOUT / 2  # every case is over long before: a hang costs this much
 USAGE, CONNECT = 2, 3
 
-COMMANDS = ("serve", "send", "chat", "listen", "log", "cert", "user", "demo")
+COMMANDS = ("serve", "send", "chat", "listen", "log", "cert", "user", "demo", "ping", "bench")
 USER_COMMANDS = ("add", "list", "remove")
 
 
@@ -206,6 +206,12 @@ CASES = [
     ),
     bad_file("send-session-unwritable", USAGE, "send", "{closed}", "x", "--session", "/proc/x"),
     case("send-name-non-utf8", USAGE, "send", "--name", LATIN1, "{server}", "x"),
+    bad_file("send-file-missing", USAGE, "send", "{closed}", "--file", "{tmp}/missing.txt"),
+    bad_file("send-file-directory", USAGE, "send", "{closed}", "--file", "{tmp}/dir"),
+    bad_file("send-file-non-utf8-path", USAGE, "send", "{closed}", "--file", f"{{tmp}}/{LATIN1}"),
+    case("send-file-and-message", USAGE, "send", "{closed}", "x", "--file", "{tmp}/garbage.txt"),
+    case("send-file-with-text", USAGE, "send", "--text", "{closed}", "--file", "{tmp}/dir"),
+    case("send-file-stdin-twice", USAGE, "send", "{closed}", "--file", "-", "--file", "-"),
     case("send-name-invalid", USAGE, "send", "--name", "a b", "{server}", "x"),
     case(
         "send-to-non-utf8",
@@ -296,6 +302,43 @@ CASES = [
     ),
     bad_file("listen-cafile-directory", USAGE, "listen", "{closed}", "--cafile", "{tmp}/dir"),
     case("listen-name-non-utf8", USAGE, "listen", "--name", LATIN1, "{server}"),
+    case("listen-count-0", USAGE, "listen", "--count", "0", "{closed}"),
+    case("listen-count-abc", USAGE, "listen", "-c", "abc", "{closed}"),
+    # -- ping ----------------------------------------------------------------------------------
+    case("ping-unknown-option", USAGE, "ping", "--bogus", "{closed}"),
+    case("ping-missing-address", USAGE, "ping"),
+    case("ping-extra-argument", USAGE, "ping", "{closed}", "extra"),
+    case("ping-count-0", USAGE, "ping", "-c", "0", "{closed}"),
+    case("ping-interval-negative", USAGE, "ping", "-i", "-1", "{closed}"),
+    case("ping-interval-abc", USAGE, "ping", "--interval", "abc", "{closed}"),
+    case("ping-timeout-0", USAGE, "ping", "--timeout", "0", "{closed}"),
+    case("ping-address-url", USAGE, "ping", "http://127.0.0.1:7777"),
+    case("ping-address-refused", CONNECT, "ping", "-c", "1", "{closed}", says="{closed}"),
+    case("ping-address-nohost", CONNECT, "ping", "nohost.invalid", says="nohost.invalid"),
+    bad_file("ping-token-file-missing", USAGE, "ping", "{closed}", "--token-file", "{tmp}/no"),
+    case("ping-fingerprint-garbage", USAGE, "ping", "--fingerprint", "nope", "{closed}"),
+    # -- bench ---------------------------------------------------------------------------------
+    case("bench-unknown-option", USAGE, "bench", "--bogus", "{closed}"),
+    case("bench-missing-address", USAGE, "bench"),
+    case(
+        "bench-seconds-and-messages",
+        USAGE,
+        *("bench", "--seconds", "1", "--messages", "1", "{closed}"),
+    ),
+    case("bench-seconds-0", USAGE, "bench", "--seconds", "0", "{closed}"),
+    case("bench-messages-0", USAGE, "bench", "--messages", "0", "{closed}"),
+    case("bench-size-negative", USAGE, "bench", "--size", "-1", "{closed}"),
+    case("bench-window-0", USAGE, "bench", "--window", "0", "{closed}"),
+    case("bench-warmup-abc", USAGE, "bench", "--warmup", "abc", "{closed}"),
+    case("bench-address-port-99999", USAGE, "bench", "1.2.3.4:99999"),
+    case("bench-address-refused", CONNECT, "bench", "{closed}", says="{closed}"),
+    bad_file("bench-cafile-garbage", USAGE, "bench", "{closed}", "--cafile", "{tmp}/bad.pem"),
+    case(
+        "bench-size-over-the-limit",
+        1,
+        *("bench", "--messages", "1", "--size", "2000000", "{server}"),
+        says="over the server's limit",
+    ),
     # -- log -----------------------------------------------------------------------------------
     case("log-unknown-option", USAGE, "log", "--bogus"),
     case("log-extra-argument", USAGE, "log", "--db", "{tmp}/bad.db", "extra"),
@@ -631,6 +674,7 @@ HELPS = [
     pytest.param((), id="telex"),
     *(pytest.param((name,), id=name) for name in ("serve", "send", "chat", "listen", "log")),
     *(pytest.param((name,), id=name) for name in ("cert", "user", "demo")),
+    *(pytest.param((name,), id=name) for name in ("ping", "bench")),
     *(pytest.param(("user", name), id=f"user-{name}") for name in USER_COMMANDS),
 ]
 

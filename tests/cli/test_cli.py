@@ -438,7 +438,7 @@ def test_send_to_a_listening_client_with_json() -> None:
                 "status": "ok",
                 "outcome": "stored",
                 "away": False,
-                "reply_base64": "",
+                "reply": "",
                 "bytes": 11,
             }
         ]
@@ -458,7 +458,7 @@ def test_send_to_a_client_that_is_not_there() -> None:
     with serve("--quiet") as server:  # kept for when it connects
         result = telex("send", server.address, "--to", "nobody", "hello?")
     assert result.returncode == 0
-    assert result.stdout == "stored 1 for nobody (not connected) (6 bytes)\n"
+    assert result.stdout == "stored 1 for nobody (6 bytes, not connected)\n"
 
 
 def test_listen_exit_codes() -> None:

@@ -104,6 +104,14 @@ def chat(
 @click.command()
 @click.argument("address", type=Address())
 @name_option("Your name on the server (default: one it makes up).")
+@click.option(
+    "-c",
+    "--count",
+    type=click.IntRange(1),
+    default=None,
+    help="Exit after COUNT messages, each printed and acknowledged; later ones are left "
+    "unanswered, for the server to deliver again.",
+)
 @json_option
 @connect_timeout_option
 @retries_option(10)
@@ -111,6 +119,7 @@ def chat(
 def listen(
     address: tuple[str, int],
     name: str | None,
+    count: int | None,
     as_json: bool,
     connect_timeout: float,
     retries: int,
@@ -118,12 +127,14 @@ def listen(
 ) -> None:
     """Print every message that arrives, and acknowledge each once it is printed.
 
-    Runs until the server says goodbye or Ctrl-C (or SIGTERM). A connection that drops
-    is reconnected (--retries times at most).
+    Runs until the server says goodbye or Ctrl-C (or SIGTERM), or until --count
+    messages have arrived. A connection that drops is reconnected (--retries times at
+    most).
 
-    Exit codes: 0 the server said goodbye, or stopped by SIGTERM; 2 usage error;
-    3 cannot connect;
-    4 the connection was lost and could not be made again; 5 the certificate was refused;
+    Exit codes: 0 the server said goodbye, or stopped by SIGTERM, or --count messages
+    arrived; 2 usage error; 3 cannot connect;
+    4 the connection was lost and could not be made again (or, with --count, the server
+    said goodbye before COUNT messages); 5 the certificate was refused;
     6 the token was refused; 130 Ctrl-C (SIGINT), with how many messages arrived.
     """
     sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
@@ -131,7 +142,9 @@ def listen(
     host, port = address
     options = security.client_options(host, port, interactive=False)
     with client_errors():
-        code = run(_listen(host, port, name, Output(as_json), connect_timeout, retries, options))
+        code = run(
+            _listen(host, port, name, count, Output(as_json), connect_timeout, retries, options)
+        )
     sys.exit(code)
 
 
@@ -139,24 +152,34 @@ async def _listen(
     host: str,
     port: int,
     name: str | None,
+    count: int | None,
     out: Output,
     connect_timeout: float,
     retries: int,
     options: dict[str, Any],
 ) -> int:
     received = 0
+    enough = asyncio.Event()  # --count messages printed and acknowledged
 
     def show(message: Message) -> None:  # the ack goes once it is printed
         nonlocal received
         show_message(out, message)
         received += 1
 
+    async def show_up_to_count(message: Message) -> None:
+        assert count is not None
+        if received >= count:  # never answered: the server keeps it to deliver again
+            await asyncio.Event().wait()
+        show(message)
+        if received == count:
+            enough.set()
+
     client = AsyncClient(
         host,
         port,
         name=name,
         connect_timeout=connect_timeout,
-        handler=show,
+        handler=show if count is None else show_up_to_count,
         reconnect=retries > 0,
         retries=retries,
         stay_after_goodbye=False,
@@ -168,15 +191,23 @@ async def _listen(
     click.echo(f"telex: listening as {client.name} on {format_address((host, port))}", err=True)
     stopped = asyncio.create_task(stop.wait())
     closed = asyncio.create_task(client.wait_closed())
-    await asyncio.wait([stopped, closed], return_when=asyncio.FIRST_COMPLETED)
+    counted = asyncio.create_task(enough.wait())
+    await asyncio.wait([stopped, closed, counted], return_when=asyncio.FIRST_COMPLETED)
     stopped.cancel()
+    counted.cancel()
+    if enough.is_set():  # the last ack is queued: close() sends it before the goodbye
+        await client.close()
+        return EXIT_OK
     if stop.is_set():
         await client.close()
         if stop.signum == signal.SIGINT:
             click.echo(f"telex: interrupted: {received} messages received", err=True)
             return EXIT_INTERRUPTED
         return EXIT_OK
-    if client.server_said_goodbye:
+    if client.server_said_goodbye and count is None:
         return EXIT_OK
+    if client.server_said_goodbye:
+        click.echo(f"telex: the server said goodbye after {received} of {count} messages", err=True)
+        return EXIT_LOST
     click.echo(f"telex: {client.failure_reason}", err=True)
     return EXIT_LOST

@@ -26,7 +26,10 @@ def printable(body: Body) -> str:
 
 
 def body_fields(body: Body, key: str = "text") -> dict[str, Any]:
-    """JSON fields for a body: ``{key: text}``, or ``{key + "_base64": ...}`` for bytes."""
+    """JSON fields for a body: ``{key: text}``, or ``{key + "_base64": ...}`` for bytes;
+    an empty body is ``{key: ""}`` (no reply is not worth a base64 field)."""
     if isinstance(body, str):
         return {key: body}
+    if not body:
+        return {key: ""}
     return {f"{key}_base64": base64.b64encode(body).decode()}

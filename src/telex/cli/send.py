@@ -61,6 +61,25 @@ async def _given(messages: tuple[str, ...]) -> AsyncIterator[Body]:
         yield argument_body(message)
 
 
+async def _each_body(bodies: list[Body]) -> AsyncIterator[Body]:
+    for body in bodies:
+        yield body
+
+
+def file_bodies(paths: tuple[Path, ...]) -> list[Body]:
+    """Each file whole as one body (text when it is UTF-8, else its bytes); '-' is all of
+    stdin. Read before connecting: a file that cannot be read is a usage error before
+    anything is sent."""
+    bodies: list[Body] = []
+    for path in paths:
+        try:
+            raw = sys.stdin.buffer.read() if str(path) == "-" else path.read_bytes()
+        except OSError as exc:
+            fail(f"cannot read {path}: {exc.strerror or exc}", EXIT_USAGE)
+        bodies.append(text_body(raw))
+    return bodies
+
+
 def argument_body(argument: str) -> Body:
     """A command-line argument as a body: text when its bytes are UTF-8, else those bytes
     (the system hands undecodable bytes over as surrogates)."""
@@ -109,8 +128,8 @@ class AckPrinter:
             return f"ack {ack.id}: {printable(ack.reply)} ({size} bytes)\n"
         reply = f": {printable(ack.reply)}" if ack.reply else ""
         if ack.stored:
-            away = " (not connected)" if ack.away else ""
-            return f"stored {ack.id} for {self.to}{away} ({size} bytes)\n"
+            away = ", not connected" if ack.away else ""
+            return f"stored {ack.id} for {self.to} ({size} bytes{away})\n"
         if ack.delivered:
             return f"delivered {ack.id} to {self.to}{reply} ({size} bytes)\n"
         return f"ack {ack.id}: {printable(ack.reply)} ({size} bytes)\n"
@@ -146,6 +165,15 @@ class AckPrinter:
     help="Messages in flight before waiting for acknowledgments.",
 )
 @click.option(
+    "--file",
+    "files",
+    type=click.Path(path_type=Path, allow_dash=True),
+    multiple=True,
+    metavar="PATH",
+    help="Send the whole file as one message (text when it is UTF-8, else bytes); '-' is "
+    "all of stdin. Repeat it for several, one message each, in order.",
+)
+@click.option(
     "--session",
     "session_file",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -166,6 +194,7 @@ def send(
     to: str | None,
     wait_delivery: bool,
     window: int,
+    files: tuple[Path, ...],
     session_file: Path | None,
     timeout: float,
     connect_timeout: float,
@@ -176,6 +205,7 @@ def send(
 
     With '-' as the message, or no message and a pipe on stdin, every line of stdin is
     a message: they are sent pipelined, and telex exits once all are acknowledged.
+    With --file PATH, the whole file is one message.
 
     Each run is a new session unless --session FILE is given: a sender killed and run
     again without it sends (and a server stores) everything again.
@@ -190,16 +220,24 @@ def send(
       5  the server's TLS certificate was refused
       6  the server refused the token
       130 interrupted (Ctrl-C): how many were acknowledged and how many not is printed
-    With --wait-delivery, 4 also when a delivery was not confirmed in time.
+    With --wait-delivery, 1 also when the recipient refused a message, and 4 when a
+    delivery was not confirmed in time.
     """
     sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]  # acks as they come
-    from_stdin = messages == ("-",) or (not messages and not sys.stdin.isatty())
-    if not messages and not from_stdin:
+    if files and messages:
+        raise click.UsageError("give MESSAGE arguments, '-' or --file, not more than one of them")
+    if files and text_mode:
+        raise click.UsageError("--file goes with telex's own protocol, not --text")
+    if sum(str(path) == "-" for path in files) > 1:
+        raise click.UsageError("'--file -' reads all of stdin: give it once")
+    from_stdin = messages == ("-",) or (not messages and not files and not sys.stdin.isatty())
+    if not messages and not from_stdin and not files:
         raise click.UsageError("give a MESSAGE, or '-' to send each line of stdin")
     if wait_delivery and to is None:
         raise click.UsageError("--wait-delivery goes with --to")
     if text_mode and session_file is not None:
         raise click.UsageError("--session goes with telex's own protocol, not --text")
+    given = file_bodies(files) if files else None
     receipts: dict[int, Receipt] = {}
     arrived = asyncio.Event()
     host, port = address
@@ -242,7 +280,9 @@ def send(
             with client_errors():
                 skip = state.answered if resume is not None else 0
                 code = run(
-                    _send(client, messages, from_stdin, printer, window, waiting, resume, skip)
+                    _send(
+                        client, messages, given, from_stdin, printer, window, waiting, resume, skip
+                    )
                 )
     except SessionFileError as exc:
         fail(str(exc), EXIT_USAGE)
@@ -266,6 +306,7 @@ def send(
 async def _send(
     client: AsyncClient,
     messages: tuple[str, ...],
+    given: list[Body] | None,
     from_stdin: bool,
     printer: AckPrinter,
     window: int,
@@ -293,7 +334,10 @@ async def _send(
             progress.add_task("send", total=None)
         printer.progress = progress
         printer.resume = resume
-        source = read_lines() if from_stdin else _given(messages)
+        if given is not None:
+            source = _each_body(given)
+        else:
+            source = read_lines() if from_stdin else _given(messages)
 
         async def sized() -> AsyncIterator[Body]:
             skipped = 0
@@ -305,13 +349,15 @@ async def _send(
                 printer.sizes[client.next_id] = size
                 yield body
 
-        unconfirmed = 0
+        unconfirmed = refused = 0
         finished = False
         try:
             acks = await client.send_many(sized(), window=window, on_ack=printer, to=to)
             finished = True
             if waiting is not None:
-                unconfirmed = await _wait_for_receipts(acks, *waiting, client.timeout, out, to)
+                unconfirmed, refused = await _wait_for_receipts(
+                    acks, *waiting, client.timeout, out, to
+                )
         except ConnectionClosed as exc:  # count what was read but never acknowledged
             raise ConnectionClosed(exc.reason, len(printer.sizes)) from exc
         except asyncio.CancelledError:  # Ctrl-C: take the acks on their way, then stop
@@ -327,7 +373,7 @@ async def _send(
     if unconfirmed:
         click.echo(f"telex: {unconfirmed} deliveries not confirmed in time", err=True)
         return EXIT_LOST
-    return EXIT_REJECTED if printer.rejected else EXIT_OK
+    return EXIT_REJECTED if printer.rejected or refused else EXIT_OK
 
 
 def _keep_receipt(receipts: dict[int, Receipt], arrived: asyncio.Event, receipt: Receipt) -> None:
@@ -342,9 +388,9 @@ async def _wait_for_receipts(
     timeout: float,
     out: Output,
     to: str | None,
-) -> int:
+) -> tuple[int, int]:
     """Wait for the receipt of every message the server stored for later; print each.
-    Returns how many did not come in time."""
+    Returns how many did not come in time, and how many the recipient refused."""
     expected = [ack.id for ack in acks if ack.ok and ack.stored]
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(timeout):
@@ -364,7 +410,8 @@ async def _wait_for_receipts(
             out.line(f"delivered {msg_id} to {to}{reply}")
         else:
             out.line(f"not delivered {msg_id}: {receipt.reason}", fg="red")
-    return sum(msg_id not in receipts for msg_id in expected)
+    missing = sum(msg_id not in receipts for msg_id in expected)
+    return missing, sum(not receipt.ok for receipt in receipts.values())
 
 
 async def _send_text(
