@@ -57,6 +57,9 @@ TYPES = {
     "bool": lambda v: type(v) is bool,
     "null": lambda v: v is None,
     "time": is_time,
+    "object": lambda v: type(v) is dict,
+    "list": lambda v: type(v) is list,
+    "number": lambda v: type(v) in (int, float),
 }
 
 
@@ -110,13 +113,16 @@ def test_every_commands_json_is_what_the_document_says(tmp_path: Path) -> None:
     try:
         with listening(address, "--name", "bot") as bot:
             assert bot.stdout is not None
-            process.stdin.write("@bot from the console\n/who\n")
+            process.stdin.write("@bot from the console\n/who\n/stats\n")
             process.stdin.flush()
             seen.append(json.loads(read_line(bot.stdout)))
             sent = telex("send", address, "--json", "hi", "\udcff")  # text, bytes
             to_bot = telex("send", address, "--json", "--to", "bot", "--wait-delivery", "x")
             seen.append(json.loads(read_line(bot.stdout)))
             text = telex("send", address, "--text", "--json", "plain line")
+            pinged = telex("ping", address, "-c", "1", "--json")
+            benched = telex("bench", address, "--messages", "10", "--warmup", "0", "--json")
+            figures = telex("stats", address, "--json")
             chat = subprocess.run(
                 [*TELEX, "chat", address, "--json", "--name", "carol"],
                 input="to the server\n@bot to bot\n@ nobody\n",
@@ -137,7 +143,8 @@ def test_every_commands_json_is_what_the_document_says(tmp_path: Path) -> None:
     refused = telex("send", f"127.0.0.1:{closed_port()}", "--json", "hi")
     gone = telex("send", address, "--json", "x")  # the server has stopped
     logged = telex("log", "--db", db, "--json")
-    for result in (sent, to_bot, text, chat, logged):
+    settings = telex("config", "show", "--json", "--", "--metrics", "127.0.0.1:9000")
+    for result in (sent, to_bot, text, pinged, benched, figures, chat, logged, settings):
         assert result.returncode == 0, result.stderr
         seen.extend(lines(result.stdout))
     for result in (refused, gone):

@@ -11,11 +11,15 @@ import click
 
 from .._version import __version__
 from .admin import cert, user
+from .bench import bench
 from .chat import chat, listen
+from .config import completion, config
 from .demo import demo
 from .log import log
+from .ping import ping
 from .send import send
 from .serve import serve
+from .stats import stats
 
 __all__ = ["main"]
 
@@ -35,3 +39,8 @@ def main() -> None:
 
 for command in (serve, send, chat, listen, log, cert, user, demo):
     main.add_command(command)
+main.add_command(ping)
+main.add_command(bench)
+main.add_command(stats)
+main.add_command(config)
+main.add_command(completion)

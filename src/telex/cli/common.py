@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import functools
 import json
 import logging
+import logging.handlers
 import os
 import signal
 import ssl
@@ -122,6 +124,18 @@ def host_option(value: str) -> str:
     if not value or not is_host(value):
         raise click.BadParameter(f"{value!r} is not a host name or address")
     return value
+
+
+class Host(click.ParamType):  # type: ignore[type-arg]
+    """``serve --host`` as a type, so a config file's ``host`` is checked the same way."""
+
+    name = "HOST"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        try:
+            return host_option(str(value))
+        except click.BadParameter as exc:
+            self.fail(exc.message, param, ctx)
 
 
 class Address(click.ParamType):  # type: ignore[type-arg]
@@ -419,7 +433,34 @@ def stop_on_signals() -> Stop:
     return stop
 
 
-def log_to_stderr(level: int) -> None:
+LOG_LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+}
+
+
+class IsoTimes(logging.Formatter):
+    """Times as ISO 8601 with milliseconds and the zone: 2025-01-31T14:02:11.123+01:00."""
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        moment = datetime.datetime.fromtimestamp(record.created).astimezone()
+        return moment.isoformat(timespec="milliseconds")
+
+
+def log_to_stderr(level: int, file: Path | None = None) -> None:
+    """Log records of ``level`` and above to stderr, with the time of day; with ``file``,
+    to that file too (appended), each line with its ISO 8601 time, level and logger.
+
+    The file is reopened if it is moved or removed (logrotate without copytruncate).
+    Raises ``OSError`` if it cannot be opened.
+    """
     handler = StderrHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", datefmt="%H:%M:%S"))
-    logging.basicConfig(level=level, handlers=[handler])
+    handlers: list[logging.Handler] = [handler]
+    if file is not None:
+        to_file = logging.handlers.WatchedFileHandler(file, encoding="utf-8")
+        to_file.setFormatter(IsoTimes("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handlers.append(to_file)
+    logging.basicConfig(level=level, handlers=handlers)

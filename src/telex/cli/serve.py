@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
+import signal
+import socket
 import sqlite3
 import ssl
 import sys
@@ -23,15 +26,18 @@ from ..security import (
     server_context,
 )
 from ..server import DEFAULT_PORT, TEXT_PAUSE, Server, default_handler
+from ..server.metrics import serve_metrics
 from ..store import SYNC_LEVELS, SQLiteStore, StoreError
 from ..tuning import retain_freed_memory
 from .common import (
     EXIT_CONNECT,
     EXIT_USAGE,
+    LOG_LEVELS,
+    Address,
+    Host,
     db_option,
     default_db,
     fail,
-    host_option,
     json_option,
     limit_options,
     log_to_stderr,
@@ -39,6 +45,7 @@ from .common import (
     run,
     stop_on_signals,
 )
+from .config import config_option
 from .console import (
     MessagePrinter,
     Output,
@@ -47,15 +54,20 @@ from .console import (
     now_iso,
     show_delivery,
 )
+from .log import DURATION
+
+log = logging.getLogger("telex.serve")
 
 
 @click.command()
+@config_option
 @click.option(
     "--host",
+    type=Host(),
     default="127.0.0.1",
     show_default=True,
-    callback=lambda ctx, param, value: host_option(value),
-    help="Address to listen on.",
+    help="Address to listen on. One that is not loopback needs --tls and --token-file (or "
+    "--users), or --insecure.",
 )
 @click.option(
     "--port",
@@ -89,6 +101,13 @@ from .console import (
     "clients that are away are refused.",
 )
 @click.option(
+    "--keep",
+    type=DURATION,
+    help="Delete delivered messages older than DURATION (90s, 15m, 12h, 7d) as it runs, in "
+    "small batches; messages waiting for a client stay. Make it longer than any client "
+    "retries for: a message resent after it is pruned is stored again (docs/durability.md).",
+)
+@click.option(
     "--tls",
     "tls_prefix",
     metavar="PREFIX",
@@ -110,6 +129,31 @@ from .console import (
     "list, remove; changes hold from the next login). With --token-file too, other names "
     "log in with the shared token. Without either, names are first come, first served.",
 )
+@click.option(
+    "--insecure",
+    is_flag=True,
+    help="Listen on an address that is not loopback without TLS or without a token: "
+    "anyone who can reach it can read, or send and take names. Warns every time.",
+)
+@click.option(
+    "--log-level",
+    type=click.Choice(sorted(LOG_LEVELS, key=LOG_LEVELS.__getitem__), case_sensitive=False),
+    default="warning",
+    show_default=True,
+    help="Log this and worse, on stderr (and in --log-file): info adds joins, leaves and "
+    "the server starting and stopping.",
+)
+@click.option(
+    "--log-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Log to this file too (appended; ISO times; reopened when logrotate moves it).",
+)
+@click.option(
+    "--metrics",
+    type=Address(),
+    metavar="HOST:PORT",
+    help="Serve Prometheus metrics at http://HOST:PORT/metrics (docs/operations.md).",
+)
 @limit_options
 def serve(
     host: str,
@@ -120,11 +164,16 @@ def serve(
     db: Path | None,
     sync: str,
     no_store: bool,
+    keep: float | None,
     tls_prefix: Path | None,
     cert: Path | None,
     key: Path | None,
     token_file: Path | None,
     users: Path | None,
+    insecure: bool,
+    log_level: str,
+    log_file: Path | None,
+    metrics: tuple[str, int] | None,
     **limits: Any,
 ) -> None:
     """Accept connections and acknowledge every message.
@@ -136,15 +185,33 @@ def serve(
     SIGTERM) stops the server cleanly: it answers what already arrived and says goodbye
     to every client.
 
+    Every option may also be set in a TOML file (--config FILE: port = 7777,
+    max-message-size = 1048576, ...) or a TELEX_* variable (TELEX_PORT, ...): a flag wins
+    over the file, the file over the variable. 'telex config show' prints what would be
+    used and why; docs/operations.md has the details and a systemd unit.
+
+    On an address that is not loopback (0.0.0.0, ::, a public one) the server needs
+    --tls and --token-file (or --users), or --insecure to say that you mean it.
+
     \b
     Exit codes:
       0  stopped (Ctrl-C, SIGTERM or /quit); the last line counts what it did
-      2  usage error, or a certificate, key, token or users file it cannot use
+      2  usage error; a config file, TELEX_* variable, log file, certificate, key,
+         token or users file it cannot use; not loopback without TLS and a token
       3  cannot open the store (another server has it: named) or listen on the address
       130, 143  a second Ctrl-C or SIGTERM while stopping: stopped at once
     """
     sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
-    log_to_stderr(logging.WARNING)  # joins and leaves are printed as events instead
+    try:  # warning by default: joins and leaves are printed as events instead
+        log_to_stderr(LOG_LEVELS[log_level.lower()], log_file)
+    except OSError as exc:
+        fail(f"cannot open the log file {log_file}: {exc.strerror or exc}", EXIT_USAGE)
+    refuse_exposure(
+        host,
+        tls=tls_prefix is not None or cert is not None,
+        token=token_file is not None or users is not None or load_token(None) is not None,
+        insecure=insecure,
+    )
     retain_freed_memory()
     out = Output(as_json)
     store = None
@@ -182,10 +249,11 @@ def serve(
         ssl=context,
         token=token,
         users=user_file,
+        keep=keep,
     )
     interactive = sys.stdin.isatty() and sys.stdout.isatty() and not as_json
     try:
-        run(_serve(server, out, interactive))
+        run(_serve(server, out, interactive, metrics))
     except OSError as exc:
         fail(
             f"cannot listen on {format_address((host, port))}: {exc.strerror or exc}", EXIT_CONNECT
@@ -193,6 +261,52 @@ def serve(
     finally:
         if store is not None:
             store.close()
+
+
+def is_loopback(host: str) -> bool | None:
+    """Whether listening on ``host`` reaches this machine only: 127.0.0.0/8, ::1,
+    ``localhost``, or a name all of whose addresses are those. None if the name does not
+    resolve (then listening fails, and says so)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.partition("%")[0]).is_loopback
+    except ValueError:
+        pass
+    try:
+        found = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (OSError, UnicodeError):
+        return None
+    addresses = {info[4][0] for info in found}
+    return all(ipaddress.ip_address(str(a).partition("%")[0]).is_loopback for a in addresses)
+
+
+def refuse_exposure(host: str, *, tls: bool, token: bool, insecure: bool) -> None:
+    """Safe by default (as mosquitto 2): on an address other machines can reach, TLS and a
+    token, or --insecure to say that one means it (then a warning, every time)."""
+    if (tls and token) or is_loopback(host) is not False:
+        return
+    missing = [what for what, given in (("TLS", tls), ("a token", token)) if not given]
+    flags = [
+        flag for flag, given in (("--tls PREFIX", tls), ("--token-file FILE", token)) if not given
+    ]
+    if insecure:
+        click.echo(
+            f"telex: WARNING: --insecure: listening on {host}, which is not loopback, without "
+            f"{' and without '.join(missing)}: "
+            + ("anyone on the way can read and change every message" if not tls else "")
+            + ("; " if not tls and not token else "")
+            + ("anyone who can reach it can send, and take any name" if not token else ""),
+            err=True,
+        )
+        return
+    fail(
+        f"refusing to listen on {host}, which is not loopback, without "
+        f"{' and without '.join(missing)}: add {' and '.join(flags)}"
+        + (" (or --users FILE)" if not token else "")
+        + ", or --insecure if you mean it",
+        EXIT_USAGE,
+    )
 
 
 def load_certificate(cert: Path, key: Path) -> ssl.SSLContext:
@@ -209,10 +323,14 @@ def load_certificate(cert: Path, key: Path) -> ssl.SSLContext:
         ) from None
 
 
-async def _serve(server: Server, out: Output, interactive: bool) -> None:
+async def _serve(
+    server: Server, out: Output, interactive: bool, metrics: tuple[str, int] | None = None
+) -> None:
     stop = stop_on_signals()  # before the port is printed: a signal may follow at once
     asyncio.get_running_loop().set_exception_handler(one_line_for_tls_errors)
     await server.start()
+    if metrics is not None:
+        serve_metrics(server, *metrics)  # an OSError (port in use) ends the command
     where = None if server.store is None else str(server.store.where)
     secured = []
     if server.ssl is not None:
@@ -224,15 +342,20 @@ async def _serve(server: Server, out: Output, interactive: bool) -> None:
                store=where, tls=server.ssl is not None, auth=server.auth_required)  # fmt: skip
     address = format_address((server.host, server.port))
     out.line(f"telex {__version__} listening on {address} (Ctrl-C to stop)")
+    log.info("telex %s listening on %s, store %s", __version__, address, where or "none")
     out.line(f"messages stored in {where or 'nowhere (--no-store)'}", dim=True)
     if secured:
         out.line(" and ".join(secured), dim=True)
+    if metrics is not None:
+        out.line(f"metrics at http://{format_address(metrics)}/metrics", dim=True)
     console = asyncio.create_task(ServerConsole(server, out, stop).run(interactive))
     await stop.wait()
+    log.info("stopping (%s)", signal.Signals(stop.signum).name if stop.signum else "/quit")
     console.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await console
     await server.close()
+    log.info("stopped")
     stats = server.stats()
     out.record("stopped", time=now_iso(), **stats)
     out.line(
