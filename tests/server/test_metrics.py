@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import socket
 import subprocess
+import time
 import urllib.request
 from pathlib import Path
 
@@ -150,3 +152,32 @@ def test_every_metric_is_documented() -> None:
     for name, (kind, _) in METRICS.items():
         prometheus = f"telex_{name}_total" if kind == "counter" else f"telex_{name}"
         assert f"| `{name}` | `{prometheus}` | {kind} |" in doc, name
+
+
+def test_stats_watch_refreshes_until_ctrl_c() -> None:
+    process = subprocess.Popen(
+        [*TELEX, "serve", "--port", "0", "--json", "--no-store"],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        address = f"127.0.0.1:{json.loads(read_line(process.stdout))['port']}"
+        watcher = subprocess.Popen(
+            [*TELEX, "stats", address, "--watch", "0.2"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert watcher.stdout is not None
+        firsts = [read_line(watcher.stdout) for _ in range(12)]  # two refreshes of 5-6 lines
+        time.sleep(0.1)
+        watcher.send_signal(signal.SIGINT)
+        watcher.communicate(timeout=TIMEOUT)
+        assert watcher.returncode == 0
+        assert sum(line.startswith("telex on ") for line in firsts) >= 2
+    finally:
+        process.kill()
+        process.communicate(timeout=TIMEOUT)
