@@ -187,6 +187,7 @@ class _ClientProtocol(FlushOnce, asyncio.Protocol):
             self.failure = ConnectionClosed(reason)
         if not self.welcome.done():
             self.welcome.set_exception(self.failure)
+            self.welcome.exception()  # no one may wait for it any more (a refused pin)
         if self.can_write is not None and not self.can_write.done():
             self.can_write.set_result(None)
         if not self.closed.done():
@@ -195,6 +196,7 @@ class _ClientProtocol(FlushOnce, asyncio.Protocol):
         for answer in waiting:
             if not answer.done():
                 answer.set_exception(self.failure)
+                answer.exception()  # its caller may have given up waiting
         self.client._connection_lost(self)
 
     def pause_writing(self) -> None:
