@@ -318,5 +318,6 @@ def test_the_systemd_unit_stops_cleanly_on_sigterm_within_its_grace(
     texts = [text for *_, text in log_lines(logs / "telex.log")]
     assert texts[-2:] == ["stopping (SIGTERM)", "stopped"]
     assert (lib / "telex.db").exists()
-    with socket.socket() as probe:  # the port is free again
+    with socket.socket() as probe:  # the port is free again, as a restart would bind it
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # (TIME_WAIT is fine)
         probe.bind(("127.0.0.1", int(match[1])))
