@@ -19,7 +19,7 @@ from .common import (
     EXIT_LOST,
     EXIT_OK,
     EXIT_REJECTED,
-    Address,
+    Addresses,
     Security,
     client_errors,
     connect_timeout_option,
@@ -83,7 +83,7 @@ class Run:
 
 
 @click.command()
-@click.argument("address", type=Address())
+@click.argument("address", type=Addresses())
 @click.option(
     "--seconds",
     type=click.FloatRange(min=0, min_open=True),
@@ -118,7 +118,7 @@ class Run:
 @connect_timeout_option
 @security_options
 def bench(
-    address: tuple[str, int],
+    address: list[tuple[str, int]],
     seconds: float | None,
     messages: int | None,
     size: int,
@@ -154,15 +154,13 @@ def bench(
         raise click.UsageError("give --seconds or --messages, not both")
     if seconds is None and messages is None:
         seconds = DEFAULT_SECONDS
-    host, port = address
     client = AsyncClient(
-        host,
-        port,
+        address,
         timeout=timeout,
         connect_timeout=connect_timeout,
         reconnect=False,
         retries=0,
-        **security.client_options(host, port, interactive=False),
+        **security.client_options(address, interactive=False),
     )
     out = Output(as_json)
     try:

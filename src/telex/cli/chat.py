@@ -11,13 +11,12 @@ from typing import Any
 import click
 
 from ..client.aio import AsyncClient
-from ..core.address import format_address
 from ..core.events import Message
 from .common import (
     EXIT_INTERRUPTED,
     EXIT_LOST,
     EXIT_OK,
-    Address,
+    Addresses,
     Security,
     client_errors,
     connect_timeout_option,
@@ -41,7 +40,7 @@ from .console import (
 
 
 @click.command()
-@click.argument("address", type=Address())
+@click.argument("address", type=Addresses())
 @name_option("Your name on the server (default: one it makes up).")
 @json_option
 @timeout_option
@@ -49,7 +48,7 @@ from .console import (
 @retries_option(30)
 @security_options
 def chat(
-    address: tuple[str, int],
+    address: list[tuple[str, int]],
     name: str | None,
     as_json: bool,
     timeout: float,
@@ -64,6 +63,9 @@ def chat(
     prompt. When the connection drops, the status line says so and telex reconnects.
     Ctrl-D or /quit leaves. Without a terminal, each stdin line is sent.
 
+    ADDRESS may list several servers separated by commas (a:7777,b:7777): the first
+    that answers is used; a lost connection resumes the session on the next one.
+
     With --tls and neither --fingerprint nor --cafile, the first contact shows the
     server's fingerprint and asks; the answer is remembered (as ssh's known_hosts), and a
     remembered fingerprint that changes is refused.
@@ -76,18 +78,16 @@ def chat(
     many messages were acknowledged and how many not.
     """
     log_to_stderr(logging.WARNING)
-    host, port = address
     out = Output(as_json)
     interactive = sys.stdin.isatty() and sys.stdout.isatty() and not as_json
     session = ChatSession(
-        host,
-        port,
+        address,
         out,
         name=name,
         timeout=timeout,
         connect_timeout=connect_timeout,
         retries=retries,
-        **security.client_options(host, port, interactive=interactive),
+        **security.client_options(address, interactive=interactive),
     )
     try:
         with client_errors():
@@ -102,7 +102,7 @@ def chat(
 
 
 @click.command()
-@click.argument("address", type=Address())
+@click.argument("address", type=Addresses())
 @name_option("Your name on the server (default: one it makes up).")
 @click.option(
     "-c",
@@ -117,7 +117,7 @@ def chat(
 @retries_option(10)
 @security_options
 def listen(
-    address: tuple[str, int],
+    address: list[tuple[str, int]],
     name: str | None,
     count: int | None,
     as_json: bool,
@@ -131,6 +131,9 @@ def listen(
     messages have arrived. A connection that drops is reconnected (--retries times at
     most).
 
+    ADDRESS may list several servers separated by commas (a:7777,b:7777): the first
+    that answers is used; a lost connection resumes the session on the next one.
+
     Exit codes: 0 the server said goodbye, or stopped by SIGTERM, or --count messages
     arrived; 2 usage error; 3 cannot connect;
     4 the connection was lost and could not be made again (or, with --count, the server
@@ -139,18 +142,16 @@ def listen(
     """
     sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
     log_to_stderr(logging.WARNING)
-    host, port = address
-    options = security.client_options(host, port, interactive=False)
+    options = security.client_options(address, interactive=False)
     with client_errors():
         code = run(
-            _listen(host, port, name, count, Output(as_json), connect_timeout, retries, options)
+            _listen(address, name, count, Output(as_json), connect_timeout, retries, options)
         )
     sys.exit(code)
 
 
 async def _listen(
-    host: str,
-    port: int,
+    addresses: list[tuple[str, int]],
     name: str | None,
     count: int | None,
     out: Output,
@@ -175,8 +176,7 @@ async def _listen(
             enough.set()
 
     client = AsyncClient(
-        host,
-        port,
+        addresses,
         name=name,
         connect_timeout=connect_timeout,
         handler=show if count is None else show_up_to_count,
@@ -188,7 +188,7 @@ async def _listen(
     )
     stop = stop_on_signals()
     await client.connect()
-    click.echo(f"telex: listening as {client.name} on {format_address((host, port))}", err=True)
+    click.echo(f"telex: listening as {client.name} on {client.address}", err=True)
     stopped = asyncio.create_task(stop.wait())
     closed = asyncio.create_task(client.wait_closed())
     counted = asyncio.create_task(enough.wait())

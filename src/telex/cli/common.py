@@ -13,7 +13,7 @@ import os
 import signal
 import ssl
 import sys
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
@@ -37,6 +37,7 @@ from ..security import (
     normal_fingerprint,
 )
 from ..server import DEFAULT_PORT
+from ..store.base import Store, StoreError, public_url
 from .console import (
     StderrHandler,
 )
@@ -109,6 +110,18 @@ def parse_address(value: str) -> tuple[str, int]:
     return host, int(port)
 
 
+def parse_addresses(value: str) -> list[tuple[str, int]]:
+    """One address, or several separated by commas (``a:7777,b:7777``, each part as
+    ``parse_address`` takes it): the servers a client fails over between, in order. An
+    empty part is a usage error."""
+    parts = value.split(",")
+    if len(parts) > 1 and any(not part.strip() for part in parts):
+        raise click.BadParameter(
+            f"{value!r} has an empty address: give HOST:PORT,HOST:PORT (e.g. a:7777,b:7777)"
+        )
+    return [parse_address(part) for part in parts]
+
+
 def is_host(host: str) -> bool:
     """A name the resolver can take (IDNA, so café.example is one) or an IP address;
     not, say, bytes that were not UTF-8 in the argument."""
@@ -146,6 +159,20 @@ class Address(click.ParamType):  # type: ignore[type-arg]
             return value
         try:
             return parse_address(str(value))
+        except click.BadParameter as exc:
+            self.fail(exc.message, param, ctx)
+
+
+class Addresses(click.ParamType):  # type: ignore[type-arg]
+    """A client command's ADDRESS: one, or several separated by commas to fail over."""
+
+    name = "HOST:PORT[,HOST:PORT...]"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, list):
+            return value
+        try:
+            return parse_addresses(str(value))
         except click.BadParameter as exc:
             self.fail(exc.message, param, ctx)
 
@@ -195,12 +222,54 @@ connect_timeout_option = click.option(
     show_default=True,
     help="Seconds to wait for the connection and handshake.",
 )
+
+
+class StoreSpec(click.Path):
+    """--db: a SQLite file (a ``Path``; relative to a config file that names it) or a
+    ``postgresql://`` URL (kept as ``str``)."""
+
+    name = "path|url"
+
+    def __init__(self) -> None:
+        super().__init__(dir_okay=False, path_type=Path)
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if is_url(value):
+            return value
+        return super().convert(value, param, ctx)
+
+
+def is_url(value: object) -> bool:
+    """Whether a --db names a PostgreSQL database rather than a SQLite file."""
+    return isinstance(value, str) and value.startswith(("postgresql://", "postgres://"))
+
+
 db_option = click.option(
     "--db",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=StoreSpec(),
     default=None,
-    help=f"The message store (default: {default_db()}).",
+    help=f"The message store: a SQLite file (default: {default_db()}) or a "
+    "postgresql://USER@HOST/DB URL.",
 )
+
+
+def open_store_spec(spec: Path | str, **sqlite: Any) -> Store:
+    """The store --db names: a ``PostgresStore`` for a URL, else a ``SQLiteStore`` opened
+    with ``sqlite``'s arguments. Raises ``StoreError`` (or ``sqlite3.Error``, ``OSError``)."""
+    if isinstance(spec, str):
+        try:
+            from ..store.postgres import PostgresStore
+        except ImportError:
+            raise StoreError("PostgreSQL needs psycopg: pip install 'telex[postgres]'") from None
+        return PostgresStore(spec)
+    from ..store.sqlite import SQLiteStore
+
+    return SQLiteStore(spec, **sqlite)
+
+
+def store_name(spec: Path | str) -> str:
+    """--db for people: a URL loses its password."""
+    return public_url(spec) if isinstance(spec, str) else str(spec)
 
 
 def security_options(function: F) -> F:
@@ -266,7 +335,9 @@ class Security:
         self.insecure = insecure
         self.token_file = token_file
 
-    def client_options(self, host: str, port: int, *, interactive: bool) -> dict[str, Any]:
+    def client_options(
+        self, addresses: Sequence[tuple[str, int]], *, interactive: bool
+    ) -> dict[str, Any]:
         """AsyncClient's keyword arguments for this: TLS, pin, known hosts, token."""
         try:
             options: dict[str, Any] = {"token": load_token(self.token_file)}
@@ -294,11 +365,13 @@ class Security:
                 fail(f"cannot use --cafile {self.cafile}: {exc}", EXIT_USAGE)
         else:
             known = KnownHosts(Path(platformdirs.user_config_dir("telex")) / "known_hosts")
-            if interactive or known.get(format_address((host, port))) is not None:
+            if interactive or any(known.get(format_address(a)) is not None for a in addresses):
                 options.update(
                     ssl=client_context(verify=False),
                     known_hosts=known,
-                    trust=ask_trust(format_address((host, port))) if interactive else None,
+                    trust=ask_trust(" or ".join(map(format_address, addresses)))
+                    if interactive
+                    else None,
                 )
             else:
                 options.update(ssl=client_context())  # the system's trust store
@@ -332,7 +405,8 @@ def retries_option(default: int) -> Callable[[F], F]:
         type=click.IntRange(0),
         default=default,
         show_default=True,
-        help="Reconnect attempts when a connection that was up drops (0: none).",
+        help="Reconnect attempts when a connection that was up drops (0: none); with "
+        "several addresses, rounds over all of them.",
     )
 
 

@@ -120,7 +120,10 @@ async def read_lines() -> AsyncIterator[Body]:
                 AttributeError,
             ):  # no stdin at all, as under a service manager
                 chunk = b""
-            loop.call_soon_threadsafe(chunks.put_nowait, chunk)
+            try:
+                loop.call_soon_threadsafe(chunks.put_nowait, chunk)
+            except RuntimeError:  # the loop is closed: the command is ending
+                return
             if not chunk:
                 return
 
@@ -369,8 +372,7 @@ class ChatSession:
 
     def __init__(
         self,
-        host: str,
-        port: int,
+        addresses: list[tuple[str, int]],
         out: Output,
         *,
         name: str | None,
@@ -379,7 +381,7 @@ class ChatSession:
         retries: int = 30,
         **client_options: Any,
     ) -> None:
-        self.host, self.port, self.out = host, port, out
+        self.out = out
         self.state = "connecting"
         self.connected = asyncio.Event()
         self.gave_up = asyncio.Event()
@@ -388,8 +390,7 @@ class ChatSession:
         self.answered = 0
         self.interrupted = False  # Ctrl-C: exit 130
         self.client = AsyncClient(
-            host,
-            port,
+            addresses,
             name=name,
             handler=lambda message: show_message(out, message),
             timeout=timeout,
@@ -402,17 +403,18 @@ class ChatSession:
         )
 
     def status(self) -> str:
-        where = format_address((self.host, self.port))
-        return f" {self.client.name or '?'} @ {where} · {self.state} · /help"
+        """The server in use (of several, the one failed over to) and the state."""
+        state = "connected" if self.state.startswith("connected") else self.state
+        return f" {self.client.name or '?'} @ {self.client.address} · {state} · /help"
 
     def _on_state(self, state: str) -> None:
         """The client's reconnecting, said once on a line and kept on the status line."""
-        if state.endswith("(attempt 1 of " + str(self.client.retries) + ")"):
+        if "reconnecting" in state and self.connected.is_set():
             self.out.line(f"-- {state.split(':')[0]}; reconnecting", fg="yellow")
             self.out.record("disconnected", reason=state.split(":")[0])
-        if state == "connected":
-            self.out.line("-- reconnected", fg="green")
-            self.out.record("reconnected")
+        if state.startswith("connected"):
+            self.out.line(f"-- reconnected to {self.client.address}", fg="green")
+            self.out.record("reconnected", address=self.client.address)
             self.connected.set()
         elif state == "gave up":
             self.out.line(f"-- gave up after {self.client.retries} attempts to reconnect", fg="red")
@@ -471,7 +473,7 @@ class ChatSession:
     async def show_stats(self) -> None:
         from .stats import describe
 
-        where = format_address((self.host, self.port))
+        where = self.client.address
         try:
             values = await self.client.stats()
         except TelexError as exc:

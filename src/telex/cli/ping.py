@@ -18,7 +18,7 @@ from .common import (
     EXIT_LOST,
     EXIT_OK,
     EXIT_REJECTED,
-    Address,
+    Addresses,
     Security,
     Stop,
     client_errors,
@@ -104,7 +104,7 @@ class Rounds:
 
 
 @click.command()
-@click.argument("address", type=Address())
+@click.argument("address", type=Addresses())
 @click.option(
     "-c",
     "--count",
@@ -131,7 +131,7 @@ class Rounds:
 @connect_timeout_option
 @security_options
 def ping(
-    address: tuple[str, int],
+    address: list[tuple[str, int]],
     count: int | None,
     interval: float,
     timeout: float,
@@ -157,15 +157,13 @@ def ping(
       130 Ctrl-C (the summary is printed first)
     """
     sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
-    host, port = address
     client = AsyncClient(
-        host,
-        port,
+        address,
         timeout=timeout,
         connect_timeout=connect_timeout,
         reconnect=False,
         retries=0,
-        **security.client_options(host, port, interactive=False),
+        **security.client_options(address, interactive=False),
     )
     rounds = Rounds(client.address, Output(as_json))
     try:
@@ -184,6 +182,7 @@ async def _ping(
     client: AsyncClient, rounds: Rounds, count: int | None, interval: float, timeout: float
 ) -> int:
     await client.connect()
+    rounds.address = client.address  # of several, the one that answered
     stop = stop_on_signals()
     agent = f" ({client.server_agent})" if client.server_agent else ""
     rounds.out.line(f"ping {client.address}{agent}")

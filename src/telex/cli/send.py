@@ -31,7 +31,7 @@ from .common import (
     EXIT_OK,
     EXIT_REJECTED,
     EXIT_USAGE,
-    Address,
+    Addresses,
     ClientName,
     Security,
     client_errors,
@@ -136,7 +136,7 @@ class AckPrinter:
 
 
 @click.command()
-@click.argument("address", type=Address())
+@click.argument("address", type=Addresses())
 @click.argument("messages", nargs=-1)
 @json_option
 @click.option(
@@ -186,7 +186,7 @@ class AckPrinter:
 @retries_option(10)
 @security_options
 def send(
-    address: tuple[str, int],
+    address: list[tuple[str, int]],
     messages: tuple[str, ...],
     as_json: bool,
     text_mode: bool,
@@ -209,6 +209,9 @@ def send(
 
     Each run is a new session unless --session FILE is given: a sender killed and run
     again without it sends (and a server stores) everything again.
+
+    ADDRESS may list several servers separated by commas (a:7777,b:7777): the first
+    that answers is used; a lost connection resumes the session on the next one.
 
     \b
     Exit codes:
@@ -240,7 +243,9 @@ def send(
     given = file_bodies(files) if files else None
     receipts: dict[int, Receipt] = {}
     arrived = asyncio.Event()
-    host, port = address
+    if text_mode and len(address) > 1:
+        raise click.UsageError("--text takes one ADDRESS, not a list to fail over between")
+    host, port = address[0]
     out = Output(as_json)
     progress_bar = from_stdin and sys.stderr.isatty()
     # A bar on a terminal replaces the lines.
@@ -264,8 +269,7 @@ def send(
             )
         else:
             client = AsyncClient(
-                host,
-                port,
+                address,
                 name=name,
                 timeout=timeout,
                 connect_timeout=connect_timeout,
@@ -274,7 +278,7 @@ def send(
                 session=state.session,
                 first_id=state.next_id,
                 on_receipt=functools.partial(_keep_receipt, receipts, arrived),
-                **security.client_options(host, port, interactive=False),
+                **security.client_options(address, interactive=False),
             )
             waiting = (receipts, arrived) if wait_delivery else None
             with client_errors():

@@ -13,7 +13,7 @@ from ..exceptions import ConnectError, TelexError
 from .common import (
     EXIT_CONNECT,
     EXIT_LOST,
-    Address,
+    Addresses,
     Security,
     client_errors,
     connect_timeout_option,
@@ -28,7 +28,7 @@ __all__ = ["describe", "stats"]
 
 
 @click.command()
-@click.argument("address", type=Address())
+@click.argument("address", type=Addresses())
 @json_option
 @click.option(
     "--watch",
@@ -43,7 +43,7 @@ __all__ = ["describe", "stats"]
 @connect_timeout_option
 @security_options
 def stats(
-    address: tuple[str, int],
+    address: list[tuple[str, int]],
     as_json: bool,
     watch: float | None,
     connect_timeout: float,
@@ -58,14 +58,12 @@ def stats(
     connect; 4 the server refused (not its token) or the connection was lost; 5 the
     certificate was refused; 6 the token was refused.
     """
-    host, port = address
     out = Output(as_json)
     client = AsyncClient(
-        host,
-        port,
+        address,
         connect_timeout=connect_timeout,
         reconnect=False,
-        **security.client_options(host, port, interactive=False),
+        **security.client_options(address, interactive=False),
     )
     try:
         with client_errors():

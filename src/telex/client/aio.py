@@ -24,6 +24,7 @@ from collections.abc import (
     Generator,
     Iterable,
     Iterator,
+    Sequence,
 )
 from ssl import SSLContext
 from typing import Any, cast
@@ -225,12 +226,19 @@ class AsyncClient:
     and the server acknowledges again, without storing twice, what it already had.
     A sender that resumes a session after its process ended gives the same ``session``
     and the ``first_id`` its messages had then (``telex send --session`` does).
+
+    Several servers: give a list of ``(host, port)`` pairs instead of ``host, port``.
+    The first connection tries them in order and takes the first that finishes its
+    handshake; a lost connection resumes the same session on the next one in the
+    list (round robin, with the backoff between full rounds; ``retries`` counts
+    rounds). A refused certificate or token ends the first connection at once: it is
+    an answer, not an address that is down.
     """
 
     def __init__(
         self,
-        host: str,
-        port: int,
+        host: str | Sequence[tuple[str, int]],
+        port: int | None = None,
         *,
         name: str | None = None,
         timeout: float = 30.0,
@@ -251,8 +259,9 @@ class AsyncClient:
         trust: Callable[[str], bool] | None = None,
         token: str | None = None,
     ) -> None:
-        self.host = host
-        self.port = port
+        self.addresses = _addresses(host, port)
+        self.host, self.port = self.addresses[0]  # the address in use, or last tried
+        self._at = 0  # its index in ``addresses``
         self.name = name
         self.timeout = timeout
         self.connect_timeout = connect_timeout
@@ -295,20 +304,36 @@ class AsyncClient:
 
     @property
     def address(self) -> str:
+        """The server's address in use (or, while reconnecting, the last one tried)."""
         return format_address((self.host, self.port))
 
     async def connect(self) -> AsyncClient:
         """Open the connection and finish the handshake, or raise ``ConnectError``.
 
-        A first connection that fails is an error at once: only a connection that was
-        up is retried.
+        With several addresses, each is tried in order until one finishes its handshake;
+        the error names each and why it failed. A refused certificate or token
+        (``CertificateRejected``, ``AuthenticationFailed``) is raised at once. A first
+        connection that fails is not retried: only a connection that was up is.
         """
         self._done = asyncio.get_running_loop().create_future()
-        await self._open()
-        return self
+        errors: list[ConnectError] = []
+        for index in range(len(self.addresses)):
+            try:
+                await self._open(index)
+            except (CertificateRejected, AuthenticationFailed):
+                raise
+            except ConnectError as exc:
+                if len(self.addresses) == 1:
+                    raise
+                errors.append(exc)
+                continue
+            return self
+        raise ConnectError(_none_answered(self.addresses, errors))
 
-    async def _open(self) -> None:
+    async def _open(self, index: int) -> None:
         loop = asyncio.get_running_loop()
+        self._at = index
+        self.host, self.port = self.addresses[index]
         where = self.address
         conn = Connection(Role.CLIENT, max_message_size=self.max_message_size)
         tls = self.ssl
@@ -440,23 +465,37 @@ class AsyncClient:
         self._reconnecting = asyncio.create_task(self._reconnect(why))
 
     async def _reconnect(self, why: str) -> None:
-        """Reconnect with backoff; on success resend, on the last failure give up."""
+        """Reconnect with backoff, starting with the next address (round robin: the one
+        lost is tried last in each round); on success resend, after the last round give
+        up. An attempt is a round over every address; the backoff is between rounds."""
         delay = self.reconnect_delay
-        error: Exception | None = None
+        count = len(self.addresses)
+        lost = self._at
+        errors: list[ConnectError] = []
         for attempt in range(1, self.retries + 1):
-            self._state(f"{why}: reconnecting (attempt {attempt} of {self.retries})")
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
-            if self._closing:
+            errors = []
+            for step in range(1, count + 1):
+                index = (lost + step) % count
+                where = format_address(self.addresses[index])
+                to = f" to {where}" if count > 1 else ""
+                self._state(f"{why}: reconnecting{to} (attempt {attempt} of {self.retries})")
+                if step == 1:
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 5.0)
+                if self._closing:
+                    return
+                try:
+                    await self._open(index)
+                except (CertificateRejected, AuthenticationFailed) as exc:
+                    self._state("gave up")  # an answer, not a server that is down
+                    self._finish(ConnectionClosed(f"{why}; {exc}", len(self._pending)))
+                    return
+                except ConnectError as exc:
+                    errors.append(exc)
+                    continue
+                self._state(f"connected to {self.address}")
                 return
-            try:
-                await self._open()
-            except ConnectError as exc:
-                error = exc
-                continue
-            self._state("connected")
-            return
-        detail = f": {error}" if error is not None else ""
+        detail = ": " + "; ".join(str(error) for error in errors) if errors else ""
         reason = f"{why}; gave up after {self.retries} attempts to reconnect{detail}"
         self._state("gave up")
         self._finish(ConnectionClosed(reason, len(self._pending)))
@@ -812,10 +851,44 @@ def _size(body: Body) -> int:
     return len(body.encode()) if isinstance(body, str) else len(body)
 
 
-class connect:
-    """Connect to a telex server: ``async with telex.connect("127.0.0.1", 7777) as client``."""
+def _addresses(host: str | Sequence[tuple[str, int]], port: int | None) -> list[tuple[str, int]]:
+    """``host, port``, or a list of ``(host, port)`` pairs, as a checked list."""
+    if isinstance(host, str):
+        if port is None:
+            raise TypeError("give a port with the host: connect(host, port)")
+        return [(host, port)]
+    if port is not None:
+        raise TypeError("give either host and port, or a list of (host, port) pairs, not both")
+    addresses: list[tuple[str, int]] = []
+    for pair in host:
+        if (
+            not isinstance(pair, tuple | list)
+            or len(pair) != 2
+            or not isinstance(pair[0], str)
+            or type(pair[1]) is not int
+        ):
+            raise TypeError(f"an address is a (host, port) pair, not {pair!r}")
+        addresses.append((pair[0], pair[1]))
+    if not addresses:
+        raise ValueError("an empty list of addresses")
+    return addresses
 
-    def __init__(self, host: str, port: int, **options: Any) -> None:
+
+def _none_answered(addresses: Sequence[tuple[str, int]], errors: Sequence[ConnectError]) -> str:
+    """One line: each address and why it failed."""
+    return f"none of the {len(addresses)} addresses answered: " + "; ".join(
+        str(error) for error in errors
+    )
+
+
+class connect:
+    """Connect to a telex server: ``async with telex.connect("127.0.0.1", 7777) as client``,
+    or to the first of several that answers, failing over between them:
+    ``telex.connect([("a.example", 7777), ("b.example", 7777)])``."""
+
+    def __init__(
+        self, host: str | Sequence[tuple[str, int]], port: int | None = None, **options: Any
+    ) -> None:
         self._client = AsyncClient(host, port, **options)
 
     def __await__(self) -> Generator[Any, None, AsyncClient]:

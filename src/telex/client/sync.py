@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import threading
-from collections.abc import Callable, Coroutine, Iterable, Iterator
+from collections.abc import Callable, Coroutine, Iterable, Iterator, Sequence
 from typing import Any, TypeVar
 
 from ..core.events import Ack, Body, Message
@@ -22,9 +22,14 @@ T = TypeVar("T")
 
 
 class Client:
-    """A blocking telex client; it connects when created (or entered)."""
+    """A blocking telex client; it connects when created (or entered).
 
-    def __init__(self, host: str, port: int, **options: Any) -> None:
+    ``Client(host, port)``, or ``Client([(host, port), ...])`` to fail over between
+    several servers (as ``AsyncClient``)."""
+
+    def __init__(
+        self, host: str | Sequence[tuple[str, int]], port: int | None = None, **options: Any
+    ) -> None:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="telex", daemon=True)
         self._thread.start()
@@ -49,7 +54,13 @@ class Client:
 
     @property
     def address(self) -> str:
+        """The server's address in use (or, while reconnecting, the last one tried)."""
         return self._client.address
+
+    @property
+    def addresses(self) -> list[tuple[str, int]]:
+        """Every address this client may connect to, in the order they are tried."""
+        return self._client.addresses
 
     @property
     def session(self) -> str:
