@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sqlite3
 import struct
 import sys
@@ -28,7 +29,7 @@ import telex
 from telex.core import frames
 from telex.core.frames import ACK_HEAD, PREAMBLE, FrameType
 from telex.security import server_context, write_certificate
-from telex.store import SQLiteStore
+from telex.store import SQLiteStore, Store
 from telex.tuning import retain_freed_memory
 
 REPLY = b"received"
@@ -162,7 +163,7 @@ async def push(name: str, count: int, size: int) -> None:
     await _server.send_many(name, (body for _ in range(count)), window=_PUSH_WINDOW)
 
 
-def telex_setup(kind: str) -> tuple[Any, SQLiteStore | None]:
+def telex_setup(kind: str) -> tuple[Any, Store | None]:
     """The handler and store of each telex kind.
 
     telex-normal, telex-full: the store, group commit, at that sync level.
@@ -176,6 +177,10 @@ def telex_setup(kind: str) -> tuple[Any, SQLiteStore | None]:
         return None, None
     if kind in ("telex-normal", "telex-full"):
         return None, SQLiteStore(folder / "bench.db", sync=kind.removeprefix("telex-"))
+    if kind == "telex-postgres":  # bench/postgres.py names the database
+        from telex.store.postgres import PostgresStore
+
+        return None, PostgresStore(os.environ["TELEX_BENCH_POSTGRES"])
     if kind == "telex-commit-each":
         db = sqlite3.connect(folder / "each.db", isolation_level=None)
         db.execute("PRAGMA journal_mode = WAL")
@@ -229,6 +234,7 @@ def main() -> None:
             "telex-full",
             "telex-commit-each",
             "telex-tls",
+            "telex-postgres",
         ],
     )
     parser.add_argument("--uvloop", action="store_true")

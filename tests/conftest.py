@@ -14,6 +14,9 @@ from telex.core.frames import PREAMBLE, FrameType
 from telex.core.protocol import Connection, Role
 from telex.server import Server
 
+from . import postgres as _postgres
+from .postgres import postgres, postgres_url  # noqa: F401 - fixtures for every test
+
 TIMEOUT = float(os.environ.get("TELEX_TEST_TIMEOUT", "10"))
 
 
@@ -42,3 +45,13 @@ async def wait_until(condition: Callable[[], object], what: str = "the condition
     async with asyncio.timeout(TIMEOUT):
         while not condition():  # noqa: ASYNC110 - the state polled has no event to wait on
             await asyncio.sleep(0.005)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    _postgres.leave_out(config, items)
+
+
+def pytest_terminal_summary(
+    terminalreporter: pytest.TerminalReporter, exitstatus: int, config: pytest.Config
+) -> None:
+    _postgres.summary(terminalreporter, config)

@@ -33,7 +33,7 @@ from click.core import ParameterSource
 from click.shell_completion import get_completion_class
 
 from ..core.address import format_address
-from .common import EXIT_USAGE, Address, fail, json_option
+from .common import EXIT_USAGE, Address, fail, is_url, json_option
 
 ENV_PREFIX = "TELEX_"
 CONFIG_ENV = "TELEX_CONFIG"
@@ -115,7 +115,7 @@ def _check_type(option: click.Option, value: object) -> str | None:
 def _relative_to(folder: Path, option: click.Option, value: Any) -> Any:
     """A relative path in the file is relative to the file's folder, not to wherever the
     server was started (a service manager starts it in /)."""
-    if not isinstance(option.type, click.Path) or not isinstance(value, str):
+    if not isinstance(option.type, click.Path) or not isinstance(value, str) or is_url(value):
         return value
     path = Path(value).expanduser()
     return str(path if path.is_absolute() else folder / path)

@@ -17,7 +17,7 @@ import time
 from collections.abc import Iterable, Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import click
 
@@ -30,12 +30,17 @@ from .common import (
     default_db,
     fail,
     json_option,
+    open_store_spec,
+    store_name,
 )
 from .console import (
     Output,
     iso,
 )
 from .render import body_fields, printable
+
+if TYPE_CHECKING:
+    from ..store.postgres import PostgresStore
 
 # -- log ---------------------------------------------------------------------------------
 
@@ -99,7 +104,7 @@ def parse_since(value: str) -> float:
 @click.pass_context
 def log(
     ctx: click.Context,
-    db: Path | None,
+    db: Path | str | None,
     sender: str | None,
     recipient: str | None,
     since: str | None,
@@ -128,9 +133,9 @@ def log(
     path = existing_store(db)
     start = None if since is None else parse_since(since)
     try:
-        store = SQLiteStore(path, readonly=True)
+        store = reader(path, readonly=True)
     except (StoreError, sqlite3.Error) as exc:
-        fail(f"cannot read the store {path}: {exc}", EXIT_USAGE)
+        fail(f"cannot read the store {store_name(path)}: {exc}", EXIT_USAGE)
     out = Output(as_json)
     try:
         last = store.next_seq() - 1  # the end, read first: what comes later is new
@@ -150,10 +155,17 @@ def log(
                 last = record.seq
     except KeyboardInterrupt:
         pass
-    except sqlite3.Error as exc:
-        fail(f"cannot read the store {path}: {exc}", EXIT_USAGE)
+    except (StoreError, sqlite3.Error) as exc:
+        fail(f"cannot read the store {store_name(path)}: {exc}", EXIT_USAGE)
     finally:
         store.close()
+
+
+def reader(spec: Path | str, **sqlite: Any) -> SQLiteStore | PostgresStore:
+    """The store ``telex log`` reads or keeps: a URL's, or the SQLite file's."""
+    store = open_store_spec(spec, **sqlite)
+    assert hasattr(store, "next_seq")
+    return store  # type: ignore[return-value]
 
 
 def show_record(out: Output, record: Record) -> None:
@@ -177,15 +189,15 @@ def show_record(out: Output, record: Record) -> None:
     out.line(f"{out.style(stamp, dim=True)} {who}: {printable(record.body)}{pending}")
 
 
-def existing_store(db: Path | None) -> Path:
-    """The store's path (--db, or the default), or exit 2 if there is none."""
+def existing_store(db: Path | str | None) -> Path | str:
+    """The store's path (--db, or the default), or exit 2 if there is none; a URL as is."""
     path = db or default_db()
-    if not path.exists():
+    if isinstance(path, Path) and not path.exists():
         fail(f"no store at {path} (start 'telex serve' first, or give --db)", EXIT_USAGE)
     return path
 
 
-def store_path(db: Path | None) -> Path | None:
+def store_path(db: Path | str | None) -> Path | str | None:
     """A subcommand's --db, else the one given to ``telex log`` before its name."""
     parent = click.get_current_context().parent
     inherited = None if parent is None else parent.params.get("db")
@@ -204,7 +216,7 @@ def store_path(db: Path | None) -> Path | None:
     help="Delete delivered messages stored before WHEN: 30s, 15m, 12h, 7d (ago) or an ISO time.",
 )
 @click.option("--dry-run", is_flag=True, help="Only count what would be deleted.")
-def prune(db: Path | None, before: str, dry_run: bool) -> None:
+def prune(db: Path | str | None, before: str, dry_run: bool) -> None:
     """Delete delivered messages stored before WHEN, and print how many.
 
     Messages waiting for a client that has not taken them are kept, whatever their age,
@@ -220,9 +232,9 @@ def prune(db: Path | None, before: str, dry_run: bool) -> None:
     moment = parse_since(before)
     when = datetime.fromtimestamp(moment).strftime("%Y-%m-%d %H:%M:%S")
     try:
-        store = SQLiteStore(path, readonly=dry_run, lock=False)
+        store = reader(path, readonly=dry_run, lock=False)
     except (StoreError, sqlite3.Error) as exc:
-        fail(f"cannot open the store {path}: {exc}", EXIT_USAGE)
+        fail(f"cannot open the store {store_name(path)}: {exc}", EXIT_USAGE)
     try:
         if dry_run:
             count = store.prunable(moment)
@@ -231,7 +243,7 @@ def prune(db: Path | None, before: str, dry_run: bool) -> None:
             count = sum(store.prune(moment))
             click.echo(f"deleted {count} delivered messages stored before {when}")
     except (StoreError, sqlite3.Error) as exc:
-        fail(f"cannot prune the store {path}: {exc}", EXIT_CONNECT)
+        fail(f"cannot prune the store {store_name(path)}: {exc}", EXIT_CONNECT)
     finally:
         store.close()
 
@@ -244,7 +256,9 @@ def prune(db: Path | None, before: str, dry_run: bool) -> None:
 @click.option("--from", "sender", metavar="NAME", help="Only messages from NAME ('server').")
 @click.option("--to", "recipient", metavar="NAME", help="Only messages to NAME ('server').")
 @click.option("--since", metavar="WHEN", help="Only since WHEN: 30s, 15m, 1h, 2d or ISO time.")
-def export(db: Path | None, sender: str | None, recipient: str | None, since: str | None) -> None:
+def export(
+    db: Path | str | None, sender: str | None, recipient: str | None, since: str | None
+) -> None:
     """Print every stored message, every field, as JSON lines (docs/durability.md).
 
     'telex log import' reads them back into a store, of this machine or another. Works
@@ -255,9 +269,9 @@ def export(db: Path | None, sender: str | None, recipient: str | None, since: st
     path = existing_store(store_path(db))
     start = None if since is None else parse_since(since)
     try:
-        store = SQLiteStore(path, readonly=True)
+        store = reader(path, readonly=True)
     except (StoreError, sqlite3.Error) as exc:
-        fail(f"cannot read the store {path}: {exc}", EXIT_USAGE)
+        fail(f"cannot read the store {store_name(path)}: {exc}", EXIT_USAGE)
     out = sys.stdout
     try:
         for message in store.export(sender=sender, recipient=recipient, since=start):
@@ -266,7 +280,7 @@ def export(db: Path | None, sender: str | None, recipient: str | None, since: st
     except BrokenPipeError:  # the reader went (| head): not an error of ours
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     except sqlite3.Error as exc:
-        fail(f"cannot read the store {path}: {exc}", EXIT_USAGE)
+        fail(f"cannot read the store {store_name(path)}: {exc}", EXIT_USAGE)
     finally:
         store.close()
 
@@ -307,7 +321,7 @@ def _time(moment: float) -> str:
 @log.command("import")
 @click.argument("file", type=click.File("rb"))
 @db_option
-def import_(file: IO[bytes], db: Path | None) -> None:
+def import_(file: IO[bytes], db: Path | str | None) -> None:
     """Store the messages of FILE ('-': stdin), lines 'telex log export' printed.
 
     The store (made if there is none) must not be in use by a server: stop it first.
@@ -322,11 +336,11 @@ def import_(file: IO[bytes], db: Path | None) -> None:
     """
     path = store_path(db) or default_db()
     name = "stdin" if file.name == "<stdin>" else file.name
-    made = not path.exists()
+    made = isinstance(path, Path) and not path.exists()
     try:
-        store = SQLiteStore(path)
+        store = reader(path)
     except (StoreError, sqlite3.Error, OSError) as exc:
-        fail(f"cannot import into {path}: {exc}", EXIT_USAGE)
+        fail(f"cannot import into {store_name(path)}: {exc}", EXIT_USAGE)
     lines = ExportReader(file)
     error = ""
     try:
@@ -334,16 +348,16 @@ def import_(file: IO[bytes], db: Path | None) -> None:
     except ValueError as exc:  # a line that is not a message, or that the store refused
         error = f"{name}, line {lines.number}: {exc}; nothing imported"
     except (StoreError, sqlite3.Error) as exc:
-        error = f"cannot import into {path}: {exc}; nothing imported"
+        error = f"cannot import into {store_name(path)}: {exc}; nothing imported"
     finally:
         store.close()
     if error:
-        if made:  # no empty store left behind
+        if made and isinstance(path, Path):  # no empty store left behind
             for leftover in ("", "-wal", "-shm", ".lock"):
                 path.with_name(path.name + leftover).unlink(missing_ok=True)
         fail(error, EXIT_USAGE)
     skipped = f" ({done.skipped} already there, skipped)" if done.skipped else ""
-    click.echo(f"imported {done.stored} messages into {path}{skipped}")
+    click.echo(f"imported {done.stored} messages into {store_name(path)}{skipped}")
 
 
 _FIELDS = {

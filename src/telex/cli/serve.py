@@ -27,7 +27,7 @@ from ..security import (
 )
 from ..server import DEFAULT_PORT, TEXT_PAUSE, Server, default_handler
 from ..server.metrics import serve_metrics
-from ..store import SYNC_LEVELS, SQLiteStore, StoreError
+from ..store import SYNC_LEVELS, StoreError
 from ..tuning import retain_freed_memory
 from .common import (
     EXIT_CONNECT,
@@ -42,8 +42,10 @@ from .common import (
     limit_options,
     log_to_stderr,
     one_line_for_tls_errors,
+    open_store_spec,
     run,
     stop_on_signals,
+    store_name,
 )
 from .config import config_option
 from .console import (
@@ -161,7 +163,7 @@ def serve(
     as_json: bool,
     quiet: bool,
     text_pause: float,
-    db: Path | None,
+    db: Path | str | None,
     sync: str,
     no_store: bool,
     keep: float | None,
@@ -178,9 +180,10 @@ def serve(
 ) -> None:
     """Accept connections and acknowledge every message.
 
-    Every message is stored in a SQLite file before it is acknowledged, so that no
-    acknowledged message is lost if the server crashes; messages for clients that are
-    away wait there until they come back. Plain-text peers (netcat, telnet, socat) may
+    Every message is stored in a SQLite file (or, with --db postgresql://USER@HOST/DB,
+    in PostgreSQL) before it is acknowledged, so that no acknowledged message is lost
+    if the server crashes; messages for clients that are away wait there until they
+    come back. Plain-text peers (netcat, telnet, socat) may
     connect too: each line they send is a message and gets one answer line. Ctrl-C (or
     SIGTERM) stops the server cleanly: it answers what already arrived and says goodbye
     to every client.
@@ -216,11 +219,11 @@ def serve(
     out = Output(as_json)
     store = None
     if not no_store:
-        path = db or default_db()
+        spec = db or default_db()
         try:
-            store = SQLiteStore(path, sync=sync)
+            store = open_store_spec(spec, sync=sync)
         except (StoreError, sqlite3.Error, OSError) as exc:
-            fail(f"cannot open the store {path}: {exc}", EXIT_CONNECT)
+            fail(f"cannot open the store {store_name(spec)}: {exc}", EXIT_CONNECT)
     if tls_prefix is not None:
         cert = cert or tls_prefix.with_name(tls_prefix.name + ".pem")
         key = key or tls_prefix.with_name(tls_prefix.name + ".key")

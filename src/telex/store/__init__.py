@@ -1,4 +1,5 @@
-"""Where messages are kept: the store interface and its SQLite implementation."""
+"""Where messages are kept: the store interface and its SQLite implementation (the
+PostgreSQL one is ``telex.store.postgres``, with the optional extra ``telex[postgres]``)."""
 
 from ..core.records import Record
 from .base import Store, StoreError, open_store

@@ -18,10 +18,11 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 from ..core.records import Batch, Committed, Found, Record, SessionState
 
-__all__ = ["Imported", "Store", "StoreError", "StoredMessage", "open_store"]
+__all__ = ["Imported", "Store", "StoreError", "StoredMessage", "open_store", "public_url"]
 
 PRUNE_BATCH = 1000
 """Messages a ``prune`` step deletes at most, in one transaction."""
@@ -146,10 +147,24 @@ class Store(ABC):
     def close(self) -> None: ...
 
 
+def public_url(url: str) -> str:
+    """A database URL without its password, for people and logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}@{host}"))
+
+
 def open_store(spec: str | Path | Store, *, sync: str = "normal") -> Store:
-    """A store from what a user gives: an opened ``Store``, or a path to a SQLite file."""
+    """A store from what a user gives: an opened ``Store``, a ``postgresql://`` (or
+    ``postgres://``) URL, or a path to a SQLite file."""
     if isinstance(spec, Store):
         return spec
+    if isinstance(spec, str) and spec.startswith(("postgresql://", "postgres://")):
+        from .postgres import PostgresStore  # psycopg: the optional extra "postgres"
+
+        return PostgresStore(spec)
     from .sqlite import SQLiteStore
 
     return SQLiteStore(spec, sync=sync)
