@@ -306,3 +306,14 @@ def test_a_bad_telex_variable_is_one_line_naming_it_and_exit_2(
 ) -> None:
     one_line(run("serve", "--no-store", env={variable: value}), variable)
     one_line(run("config", "show", env={variable: value}), variable)
+
+
+def test_config_show_hides_a_database_password() -> None:
+    shown = subprocess.run(
+        [*TELEX, "config", "show", "--", "--db", "postgresql://bob:s3cret@localhost/telex"],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert "s3cret" not in shown.stdout and "bob" in shown.stdout

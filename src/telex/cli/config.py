@@ -33,7 +33,7 @@ from click.core import ParameterSource
 from click.shell_completion import get_completion_class
 
 from ..core.address import format_address
-from .common import EXIT_USAGE, Address, fail, is_url, json_option
+from .common import EXIT_USAGE, Address, fail, is_url, json_option, store_name
 
 ENV_PREFIX = "TELEX_"
 CONFIG_ENV = "TELEX_CONFIG"
@@ -234,6 +234,8 @@ def effective(ctx: click.Context) -> Iterator[Setting]:
         value = ctx.params.get(option.name)
         if isinstance(option.type, Address) and isinstance(value, tuple):
             value = format_address(value)  # as it is written: HOST:PORT
+        if isinstance(value, str) and is_url(value):
+            value = store_name(value)  # a database URL without its password
         if source is ParameterSource.COMMANDLINE:
             yield Setting(shown, value, "flag", flag_name(key))
         elif source is ParameterSource.DEFAULT_MAP and option.name in sources:
