@@ -14,10 +14,14 @@ deletes delivered messages older than a time, a short transaction at a time;
 
 from __future__ import annotations
 
+import heapq
+import itertools
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from operator import attrgetter
 from pathlib import Path
+from typing import TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 from ..core.records import Batch, Committed, Found, Record, SessionState
@@ -63,6 +67,20 @@ class Imported:
 
     stored: int
     skipped: int
+
+
+Row = TypeVar("Row", Record, "StoredMessage")
+
+
+def in_seq_order(
+    messages: Iterable[Row], segments: Iterable[Row], limit: int | None = None
+) -> Iterator[Row]:
+    """The rows of a store's two tables (each in seq order, newest first when ``limit``
+    is given) as one run, oldest first; with ``limit``, only the last ``limit``."""
+    merged = heapq.merge(messages, segments, key=attrgetter("seq"), reverse=limit is not None)
+    if limit is None:
+        return merged
+    return reversed(list(itertools.islice(merged, limit)))
 
 
 class Store(ABC):

@@ -50,16 +50,22 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import heapq
-import itertools
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import psycopg
 
 from ..core.records import Batch, Committed, Found, Item, Pending, Record, SessionState
-from .base import PRUNE_BATCH, Imported, Store, StoredMessage, StoreError, public_url
-from .sqlite import pack, unpack
+from .base import (
+    PRUNE_BATCH,
+    Imported,
+    Store,
+    StoredMessage,
+    StoreError,
+    in_seq_order,
+    public_url,
+)
+from .sqlite import pack, segment_message, unpack
 
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "PostgresStore"]
 
@@ -325,16 +331,11 @@ class PostgresStore(Store):
         """Every column (``_COLUMNS``) of the matching messages of both tables, in seq
         order: a page at a time (each its own query, holding no transaction between
         pages), or the last ``limit``."""
-        merged = heapq.merge(
+        yield from in_seq_order(
             self._message_rows(sender, recipient, since, after_seq, limit),
             self._segment_rows(sender, recipient, since, after_seq, limit),
-            key=_seq,
-            reverse=limit is not None,  # then each comes newest first
+            limit,
         )
-        if limit is None:
-            yield from merged
-        else:
-            yield from reversed(list(itertools.islice(merged, limit)))
 
     @staticmethod
     def _filters(
@@ -582,11 +583,7 @@ class PostgresStore(Store):
         )
         if not rows or rows[0][0] + rows[0][1] <= seq:
             return None
-        first, _, session, sender, received, blob = rows[0]
-        sender_id, body, reply = next(itertools.islice(unpack(blob), seq - first, None))
-        return StoredMessage(
-            seq, session, sender_id, sender, None, body, reply, received, received, 0, None
-        )
+        return segment_message(seq, *rows[0])
 
     def close(self) -> None:
         if self._db is not None:
@@ -639,10 +636,6 @@ def _decode(value: bytes | None, text: int) -> Any:
     if value is None:
         return None
     return value.decode() if text else bytes(value)
-
-
-def _seq(message: StoredMessage) -> int:
-    return message.seq
 
 
 def _stored(row: tuple[Any, ...]) -> StoredMessage:

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import heapq
 import itertools
 import os
 import sqlite3
@@ -36,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.records import Batch, Committed, Found, Item, Pending, Record, SessionState
-from .base import PRUNE_BATCH, Imported, Store, StoredMessage, StoreError
+from .base import PRUNE_BATCH, Imported, Store, StoredMessage, StoreError, in_seq_order
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -128,6 +127,23 @@ def pack(items: Sequence[Item]) -> bytes:
         append(body)
         append(reply_bytes)
     return b"".join(parts)
+
+
+def segment_message(
+    seq: int,
+    first: int,
+    count: int,
+    session: str | None,
+    sender: str | None,
+    received: float,
+    blob: bytes,
+) -> StoredMessage:
+    """Message ``seq`` of the segment that starts at ``first`` (a message for the server,
+    so delivered when it was stored)."""
+    sender_id, body, reply = next(itertools.islice(unpack(blob), seq - first, None))
+    return StoredMessage(
+        seq, session, sender_id, sender, None, body, reply, received, received, 0, None
+    )  # fmt: skip
 
 
 def unpack(blob: bytes) -> Iterator[Item]:
@@ -329,16 +345,11 @@ class SQLiteStore(Store):
 
         With ``limit``, both tables are read from their newest row back, and only as far
         as the last ``limit`` messages go: ``telex log -n 2`` costs the same on any store."""
-        merged = heapq.merge(
+        yield from in_seq_order(
             self._message_records(sender, recipient, since, after_seq, limit),
             self._segment_records(sender, recipient, since, after_seq, limit),
-            key=_seq,
-            reverse=limit is not None,  # then each comes newest first
+            limit,
         )
-        if limit is None:
-            yield from merged
-        else:
-            yield from reversed(list(itertools.islice(merged, limit)))
 
     def _message_records(
         self,
@@ -508,10 +519,9 @@ class SQLiteStore(Store):
         server stores meanwhile is not in it."""
         self.db.execute("BEGIN")
         try:
-            yield from heapq.merge(
+            yield from in_seq_order(
                 self._message_exports(sender, recipient, since),
                 self._segment_exports(sender, recipient, since),
-                key=_message_seq,
             )
         finally:
             if self.db.in_transaction:
@@ -628,11 +638,7 @@ class SQLiteStore(Store):
         ).fetchone()
         if row is None or row[0] + row[1] <= seq:
             return None
-        first, _, session, sender, received, blob = row
-        sender_id, body, reply = next(itertools.islice(unpack(blob), seq - first, None))
-        return StoredMessage(
-            seq, session, sender_id, sender, None, body, reply, received, received, 0, None
-        )
+        return segment_message(seq, *row)
 
     def _insert_run(self, run: list[StoredMessage]) -> None:
         """Messages for the server as one segment row (``_same_segment`` made the run)."""
@@ -702,14 +708,6 @@ def _select(
     if limit is None:
         return query, args
     return f"{query} DESC LIMIT ?", [*args, limit]
-
-
-def _seq(record: Record) -> int:
-    return record.seq
-
-
-def _message_seq(message: StoredMessage) -> int:
-    return message.seq
 
 
 def _create_private(path: Path) -> None:
