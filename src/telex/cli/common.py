@@ -139,42 +139,38 @@ def host_option(value: str) -> str:
     return value
 
 
-class Host(click.ParamType):  # type: ignore[type-arg]
+class _Parsed(click.ParamType):  # type: ignore[type-arg]
+    """A type read by a parse function; its ``BadParameter`` is click's usage error. A
+    value parsed already (a default, a config file's) is taken as it is."""
+
+    parse: Callable[[str], Any]
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, tuple | list):
+            return value
+        try:
+            return self.parse(str(value))
+        except click.BadParameter as exc:
+            self.fail(exc.message, param, ctx)
+
+
+class Host(_Parsed):
     """``serve --host`` as a type, so a config file's ``host`` is checked the same way."""
 
     name = "HOST"
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        try:
-            return host_option(str(value))
-        except click.BadParameter as exc:
-            self.fail(exc.message, param, ctx)
+    parse = staticmethod(host_option)
 
 
-class Address(click.ParamType):  # type: ignore[type-arg]
+class Address(_Parsed):
     name = "HOST:PORT"
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        if isinstance(value, tuple):
-            return value
-        try:
-            return parse_address(str(value))
-        except click.BadParameter as exc:
-            self.fail(exc.message, param, ctx)
+    parse = staticmethod(parse_address)
 
 
-class Addresses(click.ParamType):  # type: ignore[type-arg]
+class Addresses(_Parsed):
     """A client command's ADDRESS: one, or several separated by commas to fail over."""
 
     name = "HOST:PORT[,HOST:PORT...]"
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        if isinstance(value, list):
-            return value
-        try:
-            return parse_addresses(str(value))
-        except click.BadParameter as exc:
-            self.fail(exc.message, param, ctx)
+    parse = staticmethod(parse_addresses)
 
 
 class ClientName(click.ParamType):  # type: ignore[type-arg]
