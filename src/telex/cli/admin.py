@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import click
-from cryptography import x509
 
 from ..core.broker import RESERVED_NAMES
 from ..core.protocol import valid_name
@@ -63,6 +62,8 @@ def cert(prefix: Path, names: tuple[str, ...], days: int, show: Path | None) -> 
     certificate.
     """
     if show is not None:
+        from cryptography import x509  # here: every telex command would pay for it
+
         data = show.read_bytes()
         try:  # parsed, not just hashed: any bytes have a digest
             if b"-----BEGIN" in data:
