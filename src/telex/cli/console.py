@@ -280,8 +280,7 @@ class ServerConsole:
 
     def status(self) -> str:
         count = len(self.server.clients)
-        where = format_address((self.server.host, self.server.port))
-        return f" telex on {where} · {count} connected · /help"
+        return f" telex on {self.where()} · {count} connected · /help"
 
     async def on_line(self, line: str) -> bool:
         command = parse_command(line)
