@@ -41,6 +41,7 @@ from telex.core.broker import (
     Notice,
     Pause,
     Peer,
+    Released,
     RunHandler,
 )
 from telex.core.events import Body, Event, Message
@@ -217,6 +218,7 @@ class Net:
         self.notices: list[Notice] = []
         self.pauses: list[Pause] = []
         self.delivered: list[Delivered] = []
+        self.released: list[str] = []  # names freed (a cluster's store would be told)
         self.logins: list[tuple[Link, bool]] = []  # each login checked, and if right
         self._count = 0
 
@@ -290,6 +292,8 @@ class Net:
                 self.notices.append(action)
             case Delivered():
                 self.delivered.append(action)
+            case Released(name):
+                self.released.append(name)
             case _:
                 raise AssertionError(f"unknown action {action!r}")
 

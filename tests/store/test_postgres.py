@@ -45,7 +45,13 @@ def test_a_new_database_gets_the_telex_tables_and_its_version(postgres_url: str)
             "SELECT tablename FROM pg_tables WHERE schemaname = 'public'"
         ).fetchall()
     }
-    assert tables == {"telex_schema", "telex_messages", "telex_segments"}
+    assert tables == {
+        "telex_schema",
+        "telex_messages",
+        "telex_segments",
+        "telex_servers",
+        "telex_names",
+    }
     assert store.db.execute("SELECT version FROM telex_schema").fetchall() == [(SCHEMA_VERSION,)]
     store.close()
     PostgresStore(postgres_url).close()  # opening again migrates nothing

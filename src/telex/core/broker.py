@@ -40,7 +40,17 @@ from .events import (
 )
 from .handlers import Reject, rejection_for, reply_body
 from .protocol import Connection, Role, looks_framed
-from .records import Batch, Committed, Envelope, Found, Inbound, Item, Pending, SessionState
+from .records import (
+    Answered,
+    Batch,
+    Committed,
+    Envelope,
+    Found,
+    Inbound,
+    Item,
+    Pending,
+    SessionState,
+)
 from .textmode import TextConnection
 
 __all__ = [
@@ -56,6 +66,7 @@ __all__ = [
     "Notice",
     "Peer",
     "PeerEvent",
+    "Released",
     "Reply",
     "RunHandler",
     "Slot",
@@ -179,6 +190,7 @@ class Link:
         "dirty",
         "ending",
         "final",
+        "guest",
         "held",
         "hello",
         "host",
@@ -224,6 +236,7 @@ class Link:
         self.dirty = False
         self.paused = False
         self.text_login = False
+        self.guest = False  # it gave no name: the server chose one
         self.hello: Hello | None = None
         self.key = b""
         self.challenge = b""
@@ -312,6 +325,13 @@ class Notice:
 
 
 @dataclass(frozen=True, slots=True)
+class Released:
+    """Client ``name`` left (with a store): a store shared by a cluster frees its name."""
+
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
 class Delivered:
     """A message of the server's own, stored while its client was away, was answered by
     that client: ``ack`` is its answer to message ``seq``."""
@@ -322,7 +342,17 @@ class Delivered:
 
 
 Action = (
-    Close | Commit | Load | Find | RunHandler | Pause | CheckLogin | StatsAsked | Notice | Delivered
+    Close
+    | Commit
+    | Load
+    | Find
+    | RunHandler
+    | Pause
+    | CheckLogin
+    | StatsAsked
+    | Notice
+    | Delivered
+    | Released
 )
 
 
@@ -334,6 +364,7 @@ class _Thens:
     envelopes: list[Callable[[int | None, str], None]] = field(default_factory=list)
     sessions: list[str] = field(default_factory=list)  # whose messages are in the batch
     delivered: list[int] = field(default_factory=list)  # the seqs marked delivered in it
+    receipted: list[int] = field(default_factory=list)  # the seqs marked receipted in it
 
 
 class Broker:
@@ -345,15 +376,18 @@ class Broker:
         *,
         handler_is_async: bool = False,
         stored: bool = False,
+        shared: bool = False,
         gate: Gate | None = None,
         max_message_size: int = 1024 * 1024,
         advertised: dict[str, Any] | None = None,
         agent: str = "",
+        guest_prefix: str = "guest-",
     ) -> None:
         self.handler = handler
         self.handler_is_async = handler_is_async
         self._sync_handler = cast(SyncHandler, handler)
         self.stored = stored
+        self.shared = shared  # the store is shared by a cluster: it keeps owed receipts
         self.gate = gate
         self.max_message_size = max_message_size
         self.advertised = advertised or {}
@@ -366,6 +400,7 @@ class Broker:
         self.dirty: list[Link] = []  # links whose core has bytes to write
         self.closing = False
         self._guests = 0
+        self.guest_prefix = guest_prefix  # a cluster's servers each have their own
         self._batch = Batch()
         self._thens = _Thens()
         self._committing: _Thens | None = None
@@ -375,6 +410,8 @@ class Broker:
         self._unsettled: dict[str, list[int]] = {}
         self._awaiting_commit: list[Link] = []
         self._answered: set[int] = set()  # seqs delivered, their mark not yet stored
+        self._receipted: set[int] = set()  # seqs whose receipt went, its mark not stored
+        self._elsewhere: frozenset[str] = frozenset()  # on another server, last commit
 
     # -- connections --------------------------------------------------------------
 
@@ -421,6 +458,8 @@ class Broker:
         name = link.peer.name
         if name is not None and self.clients.get(name) is link:
             del self.clients[name]
+            if self.stored:
+                self.actions.append(Released(name))
         session = link.peer.session
         if session is not None and self.sessions.get(session) is link:
             del self.sessions[session]
@@ -815,11 +854,12 @@ class Broker:
         batch, self._batch = self._batch, Batch()
         self._committing, self._thens = self._thens, _Thens()
         self._committing.delivered = batch.delivered
+        self._committing.receipted = batch.receipted
         return batch
 
     def committed(self, result: Committed) -> None:
         """The batch is stored: acknowledge each message in it, in each link's order."""
-        self.stored_parts(result.inbound, result.envelopes)
+        self.stored_parts(result.inbound, result.envelopes, result.elsewhere)
 
     def commit_failed(self, reason: str) -> None:
         """The batch could not be stored: none of it is acknowledged; each is refused."""
@@ -827,14 +867,21 @@ class Broker:
         assert thens is not None
         self.stored_parts([reason] * len(thens.inbound), [reason] * len(thens.envelopes))
 
-    def stored_parts(self, inbound: Sequence[int | str], envelopes: Sequence[int | str]) -> None:
+    def stored_parts(
+        self,
+        inbound: Sequence[int | str],
+        envelopes: Sequence[int | str],
+        elsewhere: frozenset[str] = frozenset(),
+    ) -> None:
         """The batch's outcome part by part: for each Inbound and each Envelope, the seq it
         was stored under, or the reason it was not (then it is refused, never acked).
         A server stores a failed batch again part by part, so that one part's fault
-        (a bad value, a full disk for a large body) refuses that part alone."""
+        (a bad value, a full disk for a large body) refuses that part alone.
+        ``elsewhere``: recipients another server of the cluster will deliver to."""
         thens = self._committing
         assert thens is not None
         self._committing = None
+        self._elsewhere = elsewhere
         if all(isinstance(seq, int) for seq in [*inbound, *envelopes]):
             self.stats.commits += 1
         else:
@@ -854,6 +901,7 @@ class Broker:
                 then(seq, "")
         self._settle_sessions(thens.sessions)
         self._answered.difference_update(thens.delivered)  # the store knows them now
+        self._receipted.difference_update(thens.receipted)
         for link, _, _ in thens.inbound:
             self._resume_if_drained(link)
         if self._batch:
@@ -982,17 +1030,63 @@ class Broker:
             self._batch.answers[seq] = (ack.status, ack.reason, ack.reply)
             self._want_commit()
             self.stats.delivered += 1  # it reached its client, which answered
-            sender = None if session is None else self.sessions.get(session)
-            if sender is not None and isinstance(sender.proto, Connection) and sender_id:
-                self.stats.receipts += 1
-                status, reason, reply = ack.status, ack.reason, ack.reply
-                receipt = _receipt(sender_id, status, reason, reply)
-                if sender.held is not None:  # behind the ACK the held events may hold
-                    sender.parked.append(receipt)
-                else:
-                    self._answer(sender, receipt)
+            if session is not None and sender_id:
+                answer = Answered(seq, session, sender_id, ack.status, ack.reason, ack.reply)
+                self._give_receipt(answer)
 
         return answered
+
+    def _give_receipt(self, answer: Answered) -> None:
+        """Tell the sender its message was answered (a RECEIPT under its id), if the
+        sender is connected here; a shared store is told it need not keep it."""
+        sender = self.sessions.get(answer.session)
+        if sender is None or not isinstance(sender.proto, Connection):
+            return
+        if answer.seq in self._receipted:  # given already; its mark is not stored yet
+            return
+        self.stats.receipts += 1
+        receipt = _receipt(answer.sender_id, answer.status, answer.reason, answer.reply)
+        if sender.held is not None:  # behind the ACK the held events may hold
+            sender.parked.append(receipt)
+        else:
+            self._answer(sender, receipt)
+        if self.shared:
+            self._receipted.add(answer.seq)
+            self._batch.receipted.append(answer.seq)
+            self._want_commit()
+
+    # -- a cluster: what other servers stored or answered ------------------------------
+
+    def receipts_arrived(self, answers: Iterable[Answered]) -> None:
+        """Receipts another server's clients earned for senders here (read from the
+        shared store): each goes to its sender if it is connected here."""
+        for answer in answers:
+            self._give_receipt(answer)
+
+    def pending_arrived(self, pending: Iterable[tuple[str, Pending]]) -> None:
+        """Messages another server stored for clients here (read from the shared store,
+        oldest first): each is sent unless it is on its way or answered already."""
+        for name, message in pending:
+            link = self.clients.get(name)
+            if link is None or not link.open or link.deliveries is None:
+                continue  # it arrives with its outbox when the client is welcomed
+            if message.seq in self._answered or message.seq in link.outgoing:
+                continue
+            on_answer = self._outbox_answer(message, name)
+            self.deliver(link, message.body, message.sender, on_answer, message.seq)
+
+    def taken_over(self, name: str, reason: str) -> None:
+        """Another server gave ``name`` to a new connection (of the same session, or
+        after this server lost its lease): the connection here that holds it is closed."""
+        holder = self.clients.get(name)
+        if holder is not None:
+            del self.clients[name]  # the name is the other server's now: not released
+            self.connection_lost(holder)
+            self._close(holder, reason)
+
+    def names(self) -> list[str]:
+        """The names held by welcomed clients (the names a cluster's lease covers)."""
+        return [name for name, link in self.clients.items() if link.open]
 
     def deliver(
         self,
@@ -1200,6 +1294,16 @@ class Broker:
         """The store's answer to ``Load``: welcome the client, deliver its outbox."""
         if link not in self.links or link.final is not None:
             return
+        if state.taken:  # a client of another server of the cluster holds the name
+            name = link.peer.name
+            if name is not None and self.clients.get(name) is link:
+                del self.clients[name]
+            if link.guest:  # the name was the server's choice: choose another
+                link.peer.name = self._claim_name(link, None)
+                self.actions.append(Load(link, link.peer.session, link.peer.name or ""))
+                return
+            self.fail(link, ErrorCode.NAME_TAKEN, f"the name {name!r} is in use")
+            return
         session = link.peer.session
         unsettled = self._unsettled.get(session, (0, 0)) if session is not None else (0, 0)
         link.max_stored = max(state.last_id, unsettled[1])  # a batch may be on its way
@@ -1226,6 +1330,8 @@ class Broker:
             self.deliver(link, pending.body, pending.sender, on_answer, pending.seq)
         for body, sender, on_answer, msg_id in waiting:
             self.deliver(link, body, sender, on_answer, msg_id)
+        for answer in state.receipts:  # earned while its sender was away
+            self._give_receipt(answer)
         self._touch(link)
         if self.closing:
             link.ending = "server shutting down"
@@ -1251,9 +1357,10 @@ class Broker:
         and the old one is closed.
         """
         if wanted is None:
+            link.guest = True
             while True:
                 self._guests += 1
-                wanted = f"guest-{self._guests}"
+                wanted = f"{self.guest_prefix}{self._guests}"
                 if wanted not in self.clients:
                     break
         elif wanted.lower() in RESERVED_NAMES:
@@ -1272,7 +1379,9 @@ class Broker:
     def _away(self, name: str) -> bool:
         """Client ``name`` cannot be sent to now: not connected, or leaving."""
         target = self.clients.get(name)
-        return target is None or target.deliveries is None
+        if target is None:
+            return name not in self._elsewhere
+        return target.deliveries is None
 
     @staticmethod
     def _sender(link: Link) -> str | None:

@@ -13,6 +13,7 @@ from typing import Any
 from .events import Body
 
 __all__ = [
+    "Answered",
     "Batch",
     "Committed",
     "Envelope",
@@ -58,9 +59,12 @@ class Batch:
     answers: dict[int, tuple[int, str, Any]] = field(default_factory=dict)
     """The recipient's (status, reason, reply) for a seq in ``delivered``, kept so that a
     resent message can be told its first answer again."""
+    receipted: list[int] = field(default_factory=list)
+    """Seqs whose RECEIPT went to their sender: a store that keeps receipts for senders
+    who are away (PostgreSQL) owes them no more."""
 
     def __bool__(self) -> bool:
-        return bool(self.inbound or self.envelopes or self.delivered)
+        return bool(self.inbound or self.envelopes or self.delivered or self.receipted)
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +74,9 @@ class Committed:
 
     inbound: list[int]
     envelopes: list[int]
+    elsewhere: frozenset[str] = frozenset()
+    """Recipients of the batch's envelopes connected to another server of a cluster
+    (which was told to deliver them): not away."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,12 +91,29 @@ class Pending:
 
 
 @dataclass(frozen=True, slots=True)
+class Answered:
+    """A stored message its recipient answered: the RECEIPT owed to its sender."""
+
+    seq: int
+    session: str
+    sender_id: int
+    status: int
+    reason: str
+    reply: Any
+
+
+@dataclass(frozen=True, slots=True)
 class SessionState:
     """What a store knows when a client arrives: the highest id it stored from the
-    client's session (lower ids may be resends), and its outbox, oldest first."""
+    client's session (lower ids may be resends), and its outbox, oldest first.
+
+    A store shared by a cluster also says whether another server's client holds the
+    name (``taken``), and gives the receipts owed to the session (``receipts``)."""
 
     last_id: int = 0
     outbox: tuple[Pending, ...] = ()
+    taken: bool = False
+    receipts: tuple[Answered, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -37,6 +37,7 @@ from ..core.broker import (
     Pause,
     Peer,
     PeerEvent,
+    Released,
     RunHandler,
     StatsAsked,
 )
@@ -47,8 +48,9 @@ from ..core.protocol import Connection
 from ..core.records import Batch, Found
 from ..exceptions import MessageRejected, TelexTimeout
 from ..security import TokenGate, Users
-from ..store.base import Store, StoreError, open_store
+from ..store.base import SharedStore, Store, StoreError, Unreachable, open_store
 from .adapter import PeerProtocol
+from .cluster import DEFAULT_LEASE, Membership
 from .housekeeping import Housekeeper
 from .logins import LoginPacer
 from .metrics import LATENCY_BUCKETS, SIZE_BUCKETS, Histogram, snapshot
@@ -71,9 +73,10 @@ TEXT_PAUSE = 0.2
 
 log = logging.getLogger("telex.server")
 
-Outcome = tuple[list[int | str], list[int | str], str]
+Outcome = tuple[list[int | str], list[int | str], str, frozenset[str]]
 """What storing a batch came to: each Inbound's and Envelope's seq (or the reason it
-was not stored), and the whole batch's error (empty: stored in one transaction)."""
+was not stored), the whole batch's error (empty: stored in one transaction), and the
+recipients another server of a cluster holds."""
 
 
 def default_handler(message: Message, peer: Peer) -> str:
@@ -89,6 +92,10 @@ class Server:
     every message before it is acknowledged: a path to a SQLite file, or an opened
     ``telex.store.Store``; without one, nothing is kept. ``on_delivery(seq, name, ack)``
     hears when a message sent while its client was away (``ack.stored``) is answered.
+
+    With a store several servers share (a ``postgresql://`` URL), the server joins their
+    cluster: names are held in the whole cluster, under a lease of ``lease`` seconds
+    this server renews, and messages reach clients connected to any of them.
     """
 
     def __init__(
@@ -108,6 +115,7 @@ class Server:
         token: str | None = None,
         users: Users | None = None,
         keep: float | None = None,
+        lease: float = DEFAULT_LEASE,
     ) -> None:
         self.handler: Handler = handler or default_handler
         self._owns_store = store is not None and not isinstance(store, Store)
@@ -116,6 +124,9 @@ class Server:
         self.token = token
         self.users = users
         self.keep = keep  # seconds delivered messages are kept (--keep); None: for ever
+        self.lease = lease  # a cluster's: seconds its names stay this server's unrenewed
+        shared = isinstance(self.store, SharedStore)
+        self.cluster: Membership | None = None
         self._housekeeper: Housekeeper | None = None
         self.gate = TokenGate(token, users) if token is not None or users is not None else None
         self.auth_required = self.gate is not None
@@ -130,6 +141,7 @@ class Server:
             self.handler,
             handler_is_async=is_async(self.handler),
             stored=self.store is not None,
+            shared=shared,
             gate=self.gate,
             max_message_size=self.limits.max_message_size,
             advertised=self.limits.advertised(),
@@ -168,6 +180,13 @@ class Server:
             ssl_handshake_timeout=None if self.ssl is None else self.limits.handshake_timeout,
         )
         self.port = self._server.sockets[0].getsockname()[1]
+        if isinstance(self.store, SharedStore):
+            self.cluster = Membership(self, self.store, self.lease)
+            try:
+                await self.cluster.start()
+            except BaseException:
+                self._server.close()
+                raise
         self._watchdog = asyncio.create_task(self._watch())
         if self.keep is not None and self.store is not None and self._store_thread is not None:
             self._housekeeper = Housekeeper(self.store, self._store_thread, self.keep).start()
@@ -211,6 +230,8 @@ class Server:
                 async with asyncio.timeout(self.shutdown_grace):
                     while self.broker.storing:  # noqa: ASYNC110 - commits end on the thread
                         await asyncio.sleep(0.01)
+            if self.cluster is not None:
+                await self.cluster.close()
             thread, self._store_thread = self._store_thread, None
             await asyncio.get_running_loop().run_in_executor(None, thread.shutdown)
         if self._owns_store and self.store is not None:
@@ -298,6 +319,9 @@ class Server:
                     case Delivered(seq, name, ack):
                         if self.on_delivery is not None:
                             self.on_delivery(seq, name, ack)
+                    case Released(name):
+                        if self.cluster is not None:
+                            self.read_store("release", (name,), _ignore)
 
     def _commit(self) -> None:
         """Store what the broker collected this loop turn, on the store thread."""
@@ -314,26 +338,31 @@ class Server:
             lambda done: loop.call_soon_threadsafe(self._committed, done, started)
         )
 
-    def _store_batch(
-        self, batch: Batch, now: float
-    ) -> tuple[list[int | str], list[int | str], str]:
+    def _store_batch(self, batch: Batch, now: float) -> Outcome:
         """On the store thread: the batch in one transaction; if that fails, each part in
         its own, so that one part's fault refuses that part alone. Returns each part's
         seq or reason, and the whole batch's error (empty if it was stored at once)."""
         assert self.store is not None
+        unreachable = False
         try:
             result = self.store.commit(batch, now)
         except Exception as exc:  # StoreError, or anything a driver raises
             error = _reason(exc)
+            unreachable = isinstance(exc, Unreachable)  # it waited already: no parts
         else:
-            return list(result.inbound), list(result.envelopes), ""
-        if len(batch.inbound) + len(batch.envelopes) + bool(batch.delivered) == 1:
-            return [error] * len(batch.inbound), [error] * len(batch.envelopes), error
+            inbound: list[int | str] = [*result.inbound]
+            return inbound, [*result.envelopes], "", result.elsewhere
+        parts = len(batch.inbound) + len(batch.envelopes)
+        if parts + bool(batch.delivered or batch.receipted) == 1 or unreachable:
+            failed: list[int | str] = [error]
+            return failed * len(batch.inbound), failed * len(batch.envelopes), error, frozenset()
         inbound = [self._store_part(Batch(inbound=[part]), now) for part in batch.inbound]
         envelopes = [self._store_part(Batch(envelopes=[part]), now) for part in batch.envelopes]
-        if batch.delivered:  # if these fail, the messages are delivered again later
-            self._store_part(Batch(delivered=batch.delivered), now)
-        return inbound, envelopes, error
+        if batch.delivered or batch.receipted:  # if these fail, they are sent again later
+            marks = Batch(delivered=batch.delivered, answers=batch.answers)
+            marks.receipted = batch.receipted
+            self._store_part(marks, now)
+        return inbound, envelopes, error, frozenset()
 
     def _store_part(self, part: Batch, now: float) -> int | str:
         assert self.store is not None
@@ -345,12 +374,21 @@ class Server:
 
     def _committed(self, future: Future[Outcome], started: float) -> None:
         self.commit_latency.observe(time.perf_counter() - started)
-        inbound, envelopes, error = future.result()
+        inbound, envelopes, error, elsewhere = future.result()
         if error and error != self._last_store_error:
             log.error("store: %s: what it could not store is refused, never acknowledged", error)
         self._last_store_error = error
-        self.broker.stored_parts(inbound, envelopes)
+        self.broker.stored_parts(inbound, envelopes, elsewhere)
         self.run_actions()
+
+    def read_store(self, method: str, args: tuple[Any, ...], then: Callable[[Any], None]) -> None:
+        """Call a store method on the store thread; ``then`` its result on the loop."""
+        self._on_store(method, args, then, None)
+
+    async def on_store_thread(self, call: Callable[..., Any], *args: Any) -> Any:
+        """Await ``call(*args)`` run on the store thread (after what is queued there)."""
+        assert self._store_thread is not None
+        return await asyncio.get_running_loop().run_in_executor(self._store_thread, call, *args)
 
     def _on_store(
         self, method: str, args: tuple[Any, ...], then: Callable[[Any], None], link: Any
@@ -591,6 +629,10 @@ class Server:
             for peer in list(self.connections):
                 peer.check_deadlines(now)
             self.run_actions()
+
+
+def _ignore(result: object) -> None:
+    pass
 
 
 def _found(broker: Broker, link: Link, ids: tuple[int, ...], found: dict[int, Found]) -> None:

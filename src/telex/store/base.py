@@ -16,17 +16,27 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import threading
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from operator import attrgetter
 from pathlib import Path
 from typing import TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
-from ..core.records import Batch, Committed, Found, Record, SessionState
+from ..core.records import Answered, Batch, Committed, Found, Pending, Record, SessionState
 
-__all__ = ["Imported", "Store", "StoreError", "StoredMessage", "open_store", "public_url"]
+__all__ = [
+    "Imported",
+    "SharedStore",
+    "Store",
+    "StoreError",
+    "StoredMessage",
+    "Unreachable",
+    "open_store",
+    "public_url",
+]
 
 PRUNE_BATCH = 1000
 """Messages a ``prune`` step deletes at most, in one transaction."""
@@ -34,6 +44,10 @@ PRUNE_BATCH = 1000
 
 class StoreError(Exception):
     """The store could not write (a full disk, a read-only file): nothing is acknowledged."""
+
+
+class Unreachable(StoreError):
+    """The store's database could not be reached, for as long as the store waits for it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,6 +177,67 @@ class Store(ABC):
 
     @abstractmethod
     def close(self) -> None: ...
+
+
+class SharedStore(Store):
+    """A store several servers share as a cluster (PostgreSQL): each server ``join``s
+    it, and the store keeps who holds which name, wakes the server that holds a
+    recipient when another stores a message for it, and keeps the receipts owed to
+    senders who are away.
+
+    What it adds to ``Store``: ``session_state`` claims the name for the cluster
+    (``taken`` if another server's client holds it) and gives the session's owed
+    receipts; ``commit`` wakes the servers of the batch's recipients (``elsewhere``)
+    and of the senders whose messages were answered, and takes ``receipted`` off what
+    is owed.
+    """
+
+    server_id: str | None
+
+    @abstractmethod
+    def join(self, lease: float) -> str:
+        """Enter the cluster under a lease of ``lease`` seconds; returns this server's
+        id. Names held by a server whose lease ran out are free to take."""
+
+    @abstractmethod
+    def renew(self, names: Sequence[str]) -> list[str]:
+        """Renew the lease; returns which of ``names`` (held by clients here) another
+        server holds now (after this one could not renew in time)."""
+
+    @abstractmethod
+    def leave(self) -> None:
+        """Leave the cluster: every name held here is free at once."""
+
+    @abstractmethod
+    def release(self, name: str) -> None:
+        """A client here left: its name is free (unless another server took it)."""
+
+    @abstractmethod
+    def pending(
+        self, names: Sequence[str], low: int | None = None, high: int | None = None
+    ) -> list[tuple[str, Pending]]:
+        """Messages waiting for these clients, oldest first (seqs ``low`` to ``high``
+        if given), a page at most: (recipient, message)."""
+
+    @abstractmethod
+    def owed(self, sessions: Sequence[str]) -> list[Answered]:
+        """Receipts owed to these sessions, oldest first, a page at most."""
+
+    @abstractmethod
+    def listen(
+        self,
+        on_notify: Callable[[str], object],
+        on_connected: Callable[[], object],
+        stop: threading.Event,
+    ) -> None:
+        """Until ``stop`` is set, on a thread and a connection of its own: call
+        ``on_notify(payload)`` for each wake-up sent to this server, and
+        ``on_connected()`` each time it (re)connects (what came while it was away must
+        be read then). Reconnects by itself.
+
+        Payloads: ``d LOW HIGH`` (messages for clients here, seqs LOW to HIGH), ``r``
+        (receipts owed to senders here), ``x NAME`` (a client of another server took
+        NAME, of the same session)."""
 
 
 def public_url(url: str) -> str:

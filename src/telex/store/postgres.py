@@ -50,18 +50,31 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import Iterable, Iterator, Sequence
-from typing import Any
+import secrets
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any, TypeVar
 
 import psycopg
 
-from ..core.records import Batch, Committed, Found, Item, Pending, Record, SessionState
+from ..core.records import (
+    Answered,
+    Batch,
+    Committed,
+    Found,
+    Item,
+    Pending,
+    Record,
+    SessionState,
+)
 from .base import (
     PRUNE_BATCH,
     Imported,
-    Store,
+    SharedStore,
     StoredMessage,
     StoreError,
+    Unreachable,
     in_seq_order,
     public_url,
 )
@@ -107,6 +120,24 @@ MIGRATIONS: list[str] = [
     CREATE INDEX telex_segments_from ON telex_segments (sender, seq);
     CREATE INDEX telex_segments_since ON telex_segments (received, seq);
     """,
+    # version 2: a cluster of servers on one database
+    """
+    ALTER TABLE telex_messages ADD COLUMN owed boolean NOT NULL DEFAULT false;
+    CREATE INDEX telex_messages_owed ON telex_messages (session, seq) WHERE owed;
+    CREATE TABLE telex_servers (
+        id          text PRIMARY KEY,
+        channel     text NOT NULL,         -- what it LISTENs on
+        lease_until timestamptz NOT NULL,  -- the database's clock; past it, it is gone
+        joined      timestamptz NOT NULL DEFAULT now()
+    );
+    CREATE TABLE telex_names (
+        name    text PRIMARY KEY,          -- held by one connection in the cluster
+        server  text NOT NULL,             -- of the server it is connected to
+        session text
+    );
+    CREATE INDEX telex_names_server ON telex_names (server);
+    CREATE INDEX telex_names_session ON telex_names (session);
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -128,15 +159,24 @@ statements, without parameters, so the two numbers are written in (integers only
 _SEGMENT_COLUMNS = "seq, count, session, sender, first_id, last_id, received, messages"
 _COPY_SEGMENTS = f"COPY telex_segments ({_SEGMENT_COLUMNS}) FROM STDIN (FORMAT BINARY)"
 _SEGMENT_TYPES = ["int8", "int4", "text", "text", "int8", "int8", "float8", "bytea"]
+RETRY_FOR = 10.0
+"""Seconds a call waits for an unreachable database (restarting, say) before it fails."""
+_T = TypeVar("_T")
 
 
-class PostgresStore(Store):
+class PostgresStore(SharedStore):
     """Messages in a PostgreSQL database, through one connection used by one thread at a
-    time (the server's store thread). A lost connection is opened again by the next
-    call; the call that found it lost raises ``StoreError``."""
+    time (the server's store thread). A lost connection is opened again: a call that
+    finds the database unreachable tries again for up to ``retry_for`` seconds before
+    it raises ``StoreError``. Several servers share one database as a cluster (``join``).
+    """
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, retry_for: float = RETRY_FOR) -> None:
         self.url = url
+        self.retry_for = retry_for
+        self.server_id: str | None = None  # once it joined a cluster
+        self.channel = ""
+        self.lease = 0.0
         self._db: psycopg.Connection[tuple[Any, ...]] | None = None
         self._connect()
         try:
@@ -156,8 +196,30 @@ class PostgresStore(Store):
             self._db = psycopg.connect(self.url, autocommit=True, connect_timeout=10)
         except psycopg.Error as exc:
             reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
-            raise StoreError(f"cannot connect: {reason}") from None
+            raise Unreachable(f"cannot connect: {reason}") from None
         return self._db
+
+    def _again(self, call: Callable[[], _T]) -> _T:
+        """``call()``; while the database cannot be reached (a refused connection, one
+        lost mid-call) try again, for up to ``retry_for`` seconds. Any other error, or
+        the time up, is a ``StoreError``."""
+        deadline = time.monotonic() + self.retry_for
+        pause = 0.05
+        while True:
+            try:
+                return call()
+            except Unreachable:
+                if time.monotonic() >= deadline:
+                    raise
+            except psycopg.Error as exc:
+                db = self._db
+                lost = db is None or db.closed or db.broken
+                if not lost:
+                    raise StoreError(_reason(exc)) from exc
+                if time.monotonic() >= deadline:
+                    raise Unreachable(f"the database is unreachable: {_reason(exc)}") from exc
+            time.sleep(pause)
+            pause = min(pause * 2, 1.0)
 
     @property
     def db(self) -> psycopg.Connection[tuple[Any, ...]]:
@@ -197,70 +259,117 @@ class PostgresStore(Store):
     def commit(self, batch: Batch, now: float) -> Committed:
         """Store a batch in one transaction: its messages with one COPY, numbered from a
         block of ``telex_seq`` taken under the advisory lock. Raises ``StoreError`` if
-        it did not commit; then nothing of it is."""
+        it did not commit; then nothing of it is. While the database cannot be reached
+        it tries again for up to ``retry_for`` seconds, as long as it never sent COMMIT
+        (after a COMMIT whose answer was lost, the outcome is unknown: it says so)."""
+        return self._again(lambda: self._commit(batch, now))
+
+    def _commit(self, batch: Batch, now: float) -> Committed:
         count = sum(len(part.items) for part in batch.inbound) + len(batch.envelopes)
         inbound: list[int] = []
         envelopes: list[int] = []
-        try:
-            db = self.db
-            with _Transaction(db), db.cursor() as cursor:
-                if not count:
-                    cursor.execute(b"BEGIN")
-                else:  # BEGIN, the lock and the numbers in one round trip
-                    cursor.execute(_NUMBER % (_LOCK, count))
-                    cursor.nextset()
-                    row = cursor.fetchone()
-                    assert row is not None
-                    seq = int(row[0]) - count + 1
-                    if batch.inbound:
-                        with cursor.copy(_COPY_SEGMENTS) as copy:
-                            copy.set_types(_SEGMENT_TYPES)
-                            for part in batch.inbound:
-                                inbound.append(seq)
-                                copy.write_row(_segment_row(seq, part.session, part.sender, now,
-                                                            part.items))  # fmt: skip
-                                seq += len(part.items)
-                    if batch.envelopes:
-                        with cursor.copy(_COPY) as copy:
-                            write = copy.write_row
-                            for envelope in batch.envelopes:
-                                envelopes.append(seq)
-                                body, _, kinds = _encode(envelope.body, None)
-                                write(
-                                    (seq, envelope.session, envelope.sender_id, envelope.sender,
-                                     envelope.recipient, body, None, kinds, now, None, None, None)
-                                )  # fmt: skip
-                                seq += 1
-                if batch.delivered:
-                    answers = batch.answers
-                    rows = []
-                    for seq in batch.delivered:
-                        status, reason, reply = answers.get(seq, (None, None, None))
-                        _, reply, kinds = _encode(b"", reply)
-                        rows.append((now, status, reason, reply, kinds, seq))
-                    cursor.executemany(
-                        "UPDATE telex_messages SET delivered = %s, status = %s, reason = %s, "
-                        "reply = %s, kinds = (kinds & 1) | %s WHERE seq = %s",
-                        rows,
-                    )
-        except psycopg.Error as exc:
-            raise StoreError(_reason(exc)) from exc
-        return Committed(inbound, envelopes)
+        elsewhere: frozenset[str] = frozenset()
+        db = self.db
+        with _Transaction(db), db.cursor() as cursor:
+            if not count:
+                cursor.execute(b"BEGIN")
+            else:  # BEGIN, the lock and the numbers in one round trip
+                cursor.execute(_NUMBER % (_LOCK, count))
+                cursor.nextset()
+                row = cursor.fetchone()
+                assert row is not None
+                seq = int(row[0]) - count + 1
+                if batch.inbound:
+                    with cursor.copy(_COPY_SEGMENTS) as copy:
+                        copy.set_types(_SEGMENT_TYPES)
+                        for part in batch.inbound:
+                            inbound.append(seq)
+                            copy.write_row(_segment_row(seq, part.session, part.sender, now,
+                                                        part.items))  # fmt: skip
+                            seq += len(part.items)
+                if batch.envelopes:
+                    with cursor.copy(_COPY) as copy:
+                        write = copy.write_row
+                        for envelope in batch.envelopes:
+                            envelopes.append(seq)
+                            body, _, kinds = _encode(envelope.body, None)
+                            write(
+                                (seq, envelope.session, envelope.sender_id, envelope.sender,
+                                 envelope.recipient, body, None, kinds, now, None, None, None)
+                            )  # fmt: skip
+                            seq += 1
+                    if self.server_id is not None:
+                        elsewhere = self._wake_recipients(cursor, batch, envelopes)
+            if batch.delivered:
+                self._mark_delivered(cursor, batch, now)
+            if batch.receipted:
+                cursor.execute(
+                    "UPDATE telex_messages SET owed = false WHERE seq = ANY(%s) AND owed",
+                    (batch.receipted,),
+                )
+        return Committed(inbound, envelopes, elsewhere)
+
+    def _wake_recipients(
+        self, cursor: psycopg.Cursor[tuple[Any, ...]], batch: Batch, seqs: list[int]
+    ) -> frozenset[str]:
+        """One NOTIFY per other server holding a recipient of the batch (sent when the
+        transaction commits), naming the seqs it should read; the recipients it holds."""
+        cursor.execute(
+            "SELECT array_agg(DISTINCT n.name), pg_notify(s.channel, "
+            "'d ' || min(e.seq) || ' ' || max(e.seq)) "
+            "FROM unnest(%s::text[], %s::bigint[]) AS e (recipient, seq) "
+            "JOIN telex_names n ON n.name = e.recipient "
+            "JOIN telex_servers s ON s.id = n.server "
+            "WHERE n.server <> %s AND s.lease_until > now() GROUP BY s.channel",
+            ([envelope.recipient for envelope in batch.envelopes], seqs, self.server_id),
+        )
+        return frozenset(name for names, _ in cursor.fetchall() for name in names)
+
+    def _mark_delivered(
+        self, cursor: psycopg.Cursor[tuple[Any, ...]], batch: Batch, now: float
+    ) -> None:
+        """The recipients' answers; a receipt not given with it is owed to its sender's
+        session, and the server that holds that session is woken to give it."""
+        answers = batch.answers
+        given = set(batch.receipted)
+        rows = []
+        for seq in batch.delivered:
+            status, reason, reply = answers.get(seq, (None, None, None))
+            _, reply, kinds = _encode(b"", reply)
+            rows.append((now, status, reason, reply, kinds, seq not in given, seq))
+        cursor.executemany(
+            "UPDATE telex_messages SET delivered = %s, status = %s, reason = %s, "
+            "reply = %s, kinds = (kinds & 1) | %s, owed = session IS NOT NULL AND %s "
+            "WHERE seq = %s",
+            rows,
+        )
+        owed = [seq for seq in batch.delivered if seq not in given]
+        if owed and self.server_id is not None:
+            cursor.execute(
+                "SELECT pg_notify(s.channel, 'r') FROM telex_servers s "
+                "WHERE s.id <> %s AND s.lease_until > now() AND s.id IN "
+                "(SELECT n.server FROM telex_messages m JOIN telex_names n "
+                "ON n.session = m.session WHERE m.seq = ANY(%s) AND m.owed)",
+                (self.server_id, owed),
+            )
 
     # -- reading ------------------------------------------------------------------------
 
     def _query(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        try:
-            return self.db.execute(sql.encode(), args).fetchall()
-        except psycopg.Error as exc:
-            raise StoreError(_reason(exc)) from exc
+        return self._again(lambda: self.db.execute(sql.encode(), args).fetchall())
 
     def session_state(self, session: str | None, name: str) -> SessionState:
+        """In a cluster, the name is claimed first: ``taken`` if another server's client
+        holds it. The receipts owed to the session come with its outbox."""
+        if self.server_id is not None and not self._again(lambda: self._claim(name, session)):
+            return SessionState(taken=True)
         outbox = tuple(
             Pending(seq, body, sender, from_session, sender_id)
             for seq, from_session, sender_id, sender, body in self.outbox(name)
         )
-        return SessionState(0 if session is None else self.last_id(session), outbox)
+        if session is None:
+            return SessionState(0, outbox)
+        return SessionState(self.last_id(session), outbox, receipts=tuple(self.owed([session])))
 
     def last_id(self, session: str) -> int:
         """The highest id stored from this session (0 if none): lower ids may be resends."""
@@ -489,10 +598,7 @@ class PostgresStore(Store):
                 break
 
     def _query_nothing(self, sql: str, args: Sequence[Any]) -> None:
-        try:
-            self.db.execute(sql.encode(), args)
-        except psycopg.Error as exc:
-            raise StoreError(_reason(exc)) from exc
+        self._again(lambda: self.db.execute(sql.encode(), args))
 
     def prunable(self, before: float) -> int:
         top = self._top()
@@ -585,6 +691,133 @@ class PostgresStore(Store):
             return None
         return segment_message(seq, *rows[0])
 
+    # -- a cluster of servers -------------------------------------------------------------
+
+    def join(self, lease: float) -> str:
+        self.server_id = secrets.token_hex(3)
+        self.channel = f"telex_{self.server_id}"
+        self.lease = lease
+        self.renew([])
+        return self.server_id
+
+    def renew(self, names: Sequence[str]) -> list[str]:
+        assert self.server_id is not None
+        self._query_nothing(
+            "INSERT INTO telex_servers (id, channel, lease_until) "
+            "VALUES (%s, %s, now() + make_interval(secs => %s)) "
+            "ON CONFLICT (id) DO UPDATE SET lease_until = excluded.lease_until",
+            (self.server_id, self.channel, self.lease),
+        )
+        if not names:
+            return []
+        held = {
+            name
+            for (name,) in self._query(
+                "SELECT name FROM telex_names WHERE server = %s AND name = ANY(%s)",
+                (self.server_id, list(names)),
+            )
+        }
+        return [name for name in names if name not in held]
+
+    def leave(self) -> None:
+        if self.server_id is None:
+            return
+        self._query_nothing("DELETE FROM telex_names WHERE server = %s", (self.server_id,))
+        self._query_nothing("DELETE FROM telex_servers WHERE id = %s", (self.server_id,))
+        self.server_id = None
+
+    def _claim(self, name: str, session: str | None) -> bool:
+        """Take ``name`` for a client here, in one transaction: free, ours already, held
+        under a lease that ran out, or held elsewhere by the same session (that server
+        is told to let it go). False: a live client of another server holds it."""
+        db = self.db
+        with db.transaction():
+            row = db.execute(
+                "SELECT n.server, n.session, coalesce(s.lease_until > now(), false), "
+                "s.channel FROM telex_names n LEFT JOIN telex_servers s ON s.id = n.server "
+                "WHERE n.name = %s FOR UPDATE OF n",
+                (name,),
+            ).fetchone()
+            if row is None:
+                inserted = db.execute(
+                    "INSERT INTO telex_names (name, server, session) VALUES (%s, %s, %s) "
+                    "ON CONFLICT (name) DO NOTHING RETURNING 1",
+                    (name, self.server_id, session),
+                ).fetchone()
+                return inserted is not None
+            server, holder, alive, channel = row
+            elsewhere = alive and server != self.server_id
+            if elsewhere and (session is None or holder != session):
+                return False
+            db.execute(
+                "UPDATE telex_names SET server = %s, session = %s WHERE name = %s",
+                (self.server_id, session, name),
+            )
+            if elsewhere:
+                db.execute("SELECT pg_notify(%s, %s)", (channel, f"x {name}"))
+            return True
+
+    def release(self, name: str) -> None:
+        if self.server_id is not None:
+            self._query_nothing(
+                "DELETE FROM telex_names WHERE name = %s AND server = %s",
+                (name, self.server_id),
+            )
+
+    def pending(
+        self, names: Sequence[str], low: int | None = None, high: int | None = None
+    ) -> list[tuple[str, Pending]]:
+        if not names:
+            return []
+        where = "recipient = ANY(%s) AND delivered IS NULL"
+        args: list[Any] = [list(names)]
+        if low is not None and high is not None:
+            where += " AND seq BETWEEN %s AND %s"
+            args += [low, high]
+        rows = self._query(
+            "SELECT seq, recipient, session, sender_id, sender, body, kinds "  # noqa: S608
+            f"FROM telex_messages WHERE {where} ORDER BY seq LIMIT {_PAGE}",
+            args,
+        )
+        return [
+            (recipient, Pending(seq, _decode(body, kinds & _BODY_TEXT), sender, session, sender_id))
+            for seq, recipient, session, sender_id, sender, body, kinds in rows
+        ]
+
+    def owed(self, sessions: Sequence[str]) -> list[Answered]:
+        if not sessions:
+            return []
+        rows = self._query(
+            "SELECT seq, session, sender_id, status, reason, reply, kinds FROM telex_messages "
+            "WHERE owed AND session = ANY(%s) AND sender_id IS NOT NULL ORDER BY seq LIMIT %s",
+            (list(sessions), _PAGE),
+        )
+        return [
+            Answered(seq, session, sender_id, status or 0, reason or "",
+                     _decode(reply, kinds & _REPLY_TEXT) or b"")
+            for seq, session, sender_id, status, reason, reply, kinds in rows
+        ]  # fmt: skip
+
+    def listen(
+        self,
+        on_notify: Callable[[str], object],
+        on_connected: Callable[[], object],
+        stop: threading.Event,
+    ) -> None:
+        pause = 0.1
+        while not stop.is_set():
+            try:
+                with psycopg.connect(self.url, autocommit=True, connect_timeout=5) as db:
+                    db.execute(f'LISTEN "{self.channel}"'.encode())
+                    pause = 0.1
+                    on_connected()
+                    while not stop.is_set():
+                        for note in db.notifies(timeout=0.5):
+                            on_notify(note.payload)
+            except psycopg.Error:
+                stop.wait(pause)
+                pause = min(pause * 2, 2.0)
+
     def close(self) -> None:
         if self._db is not None:
             self._db.close()
@@ -604,7 +837,13 @@ class _Transaction:
     def __exit__(self, kind: object, *rest: object) -> None:
         idle = psycopg.pq.TransactionStatus.IDLE
         if kind is None:
-            self.db.execute(b"COMMIT")
+            try:
+                self.db.execute(b"COMMIT")
+            except psycopg.Error as exc:  # no retry: it may have committed
+                raise StoreError(
+                    f"the database went away while committing ({_reason(exc)}): "
+                    "what was sent may or may not be stored"
+                ) from exc
         elif not self.db.broken and self.db.info.transaction_status != idle:
             with contextlib.suppress(psycopg.Error):
                 self.db.execute(b"ROLLBACK")

@@ -1,0 +1,196 @@
+"""Several servers on one PostgreSQL, in one process: names held cluster-wide, messages
+routed between servers, receipts back to the sender's server, owed receipts kept for a
+sender who is away, and a server's names freed when its lease runs out.
+
+Every server and client here is real (sockets on 127.0.0.1, a real PostgreSQL started by
+``tests/postgres.py``); the multi-process fault test is ``test_faults.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
+
+import psycopg
+import pytest
+
+from telex import AsyncClient, Server
+from telex.core.events import Message, Receipt
+from telex.exceptions import ConnectionClosed, TelexError
+from telex.store.postgres import MIGRATIONS, SCHEMA_VERSION, PostgresStore
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@asynccontextmanager
+async def cluster(url: str, count: int, lease: float = 10.0) -> AsyncIterator[list[Server]]:
+    async with AsyncExitStack() as stack:
+        servers = [
+            await stack.enter_async_context(Server(port=0, store=url, lease=lease))
+            for _ in range(count)
+        ]
+        yield servers
+
+
+def client(
+    server: Server,
+    name: str | None,
+    *,
+    session: str | None = None,
+    handler: Callable[[Message], object] | None = None,
+    receipts: list[Receipt] | None = None,
+) -> AsyncClient:
+    return AsyncClient(
+        *server.address,
+        name=name,
+        session=session,
+        handler=handler,  # type: ignore[arg-type]
+        reconnect=False,
+        timeout=10,
+        on_receipt=None if receipts is None else receipts.append,
+    )
+
+
+async def until(check: Callable[[], object], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "not within the time"
+        await asyncio.sleep(0.01)
+
+
+async def test_a_message_to_a_client_of_another_server_is_delivered_with_its_receipt(
+    postgres_url: str,
+) -> None:
+    async with cluster(postgres_url, 2, lease=600) as (a, b):  # no timer: the NOTIFY
+        got: list[str] = []
+        receipts: list[Receipt] = []
+        async with (
+            client(b, "bob", handler=lambda m: got.append(str(m.body)) or f"ok {m.body}"),
+            client(a, "alice", receipts=receipts) as alice,
+        ):
+            acks = [await alice.send(f"hello {i}", to="bob") for i in range(20)]
+            assert all(ack.ok and ack.stored and not ack.away for ack in acks)
+            await until(lambda: len(receipts) == 20)
+        assert got == [f"hello {i}" for i in range(20)]  # in order
+        assert sorted(r.id for r in receipts) == [ack.id for ack in acks]
+        assert sorted(r.reply for r in receipts) == sorted(f"ok hello {i}" for i in range(20))
+        store = PostgresStore(postgres_url)
+        try:
+            owed = store.db.execute("SELECT count(*) FROM telex_messages WHERE owed").fetchone()
+            undelivered = store.db.execute(
+                "SELECT count(*) FROM telex_messages WHERE delivered IS NULL"
+            ).fetchone()
+        finally:
+            store.close()
+        assert owed == (0,) and undelivered == (0,)
+
+
+async def test_a_name_is_held_once_in_the_whole_cluster(postgres_url: str) -> None:
+    async with cluster(postgres_url, 2) as (a, b):
+        async with client(a, "bob"):
+            with pytest.raises(TelexError, match="in use"):
+                async with client(b, "bob"):
+                    pass
+        # bob left a: the name is free on b at once
+        async with client(b, "bob") as bob:
+            assert bob.name == "bob" or bob.connected
+
+
+async def test_the_same_session_takes_its_name_over_on_another_server(postgres_url: str) -> None:
+    async with cluster(postgres_url, 2) as (a, b):
+        old = client(a, "bob", session="s-bob")
+        await old.connect()
+        new = client(b, "bob", session="s-bob")
+        await new.connect()  # at once, while a still holds it
+        await until(lambda: not old.connected)
+        assert "bob" not in a.clients and "bob" in b.clients
+        # a message for bob from a's side now goes to b
+        async with client(a, "carol") as carol:
+            ack = await carol.send("for bob", to="bob")
+            assert ack.ok and not ack.away
+            message = await new.receive(timeout=10)
+            assert message.body == "for bob"
+        await new.close()
+        await old.close()
+
+
+async def test_guests_of_two_servers_get_different_names(postgres_url: str) -> None:
+    async with cluster(postgres_url, 2) as (a, b):
+        async with client(a, None), client(b, None):
+            names = {*a.clients, *b.clients}
+        assert len(names) == 2
+        assert all(name.startswith("guest-") for name in names)
+
+
+async def test_a_receipt_earned_while_its_sender_was_away_comes_when_it_returns(
+    postgres_url: str,
+) -> None:
+    async with cluster(postgres_url, 2) as (a, b):
+        async with client(a, "alice", session="s-alice") as alice:
+            ack = await alice.send("while you were out", to="bob")
+            assert ack.ok and ack.away  # stored: bob is nowhere
+        async with client(b, "bob") as bob:  # alice has gone: bob answers
+            message = await bob.receive(timeout=10)
+            assert message.body == "while you were out"
+        receipts: list[Receipt] = []
+        async with client(b, "alice", session="s-alice", receipts=receipts):
+            await until(lambda: len(receipts) == 1)
+        assert receipts[0].id == ack.id and receipts[0].ok
+
+
+async def test_a_dead_servers_names_are_free_after_its_lease(postgres_url: str) -> None:
+    async with cluster(postgres_url, 1, lease=1.0) as (b,):
+        store = PostgresStore(postgres_url)  # a server that joined, took a name and died
+        try:
+            store.join(1.0)
+            assert store.session_state("s-old", "bob").taken is False
+            started = time.monotonic()
+            with pytest.raises(TelexError, match="in use"):
+                async with client(b, "bob"):
+                    pass
+            while True:  # its lease runs out within a second
+                try:
+                    async with client(b, "bob"):
+                        break
+                except TelexError:
+                    assert time.monotonic() - started < 5
+                    await asyncio.sleep(0.1)
+        finally:
+            store.close()
+
+
+async def test_a_client_whose_name_went_elsewhere_is_closed_when_the_lease_is_renewed(
+    postgres_url: str,
+) -> None:
+    async with cluster(postgres_url, 1, lease=0.6) as (a,):
+        bob = client(a, "bob")
+        await bob.connect()
+        with psycopg.connect(postgres_url, autocommit=True) as db:  # as if a lost its lease
+            db.execute("UPDATE telex_names SET server = 'other', session = 'x'")
+        await until(lambda: not bob.connected, timeout=5)
+        assert "bob" not in a.clients
+        with pytest.raises((ConnectionClosed, TelexError)):
+            await bob.send("after")
+        await bob.close()
+
+
+def test_a_version_1_database_is_upgraded_in_place(postgres_url: str) -> None:
+    with psycopg.connect(postgres_url, autocommit=True) as db:
+        db.execute(MIGRATIONS[0].encode())
+        db.execute("CREATE TABLE telex_schema (version integer)")
+        db.execute("INSERT INTO telex_schema VALUES (1)")
+        db.execute(
+            "INSERT INTO telex_messages (seq, session, sender_id, sender, recipient, body, "
+            "kinds, received, delivered) VALUES (1, 's', 1, 'a', 'b', 'x', 1, 1, 2)"
+        )
+    store = PostgresStore(postgres_url)
+    try:
+        assert store.db.execute("SELECT version FROM telex_schema").fetchall() == [
+            (SCHEMA_VERSION,)
+        ]
+        assert store.owed(["s"]) == []  # delivered before: no receipt is owed
+        assert [r.seq for r in store.records()] == [1]
+    finally:
+        store.close()
