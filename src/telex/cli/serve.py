@@ -26,6 +26,7 @@ from ..security import (
     server_context,
 )
 from ..server import DEFAULT_PORT, TEXT_PAUSE, Server, default_handler
+from ..server.cluster import DEFAULT_LEASE
 from ..server.metrics import serve_metrics
 from ..store import SYNC_LEVELS, StoreError
 from ..tuning import retain_freed_memory
@@ -110,6 +111,15 @@ log = logging.getLogger("telex.serve")
     "retries for: a message resent after it is pruned is stored again (docs/durability.md).",
 )
 @click.option(
+    "--lease",
+    type=DURATION,
+    default=DEFAULT_LEASE,
+    show_default=True,
+    help="With --db postgresql://, servers sharing the database are a cluster: a name is "
+    "held once in all of it. A server that dies frees its clients' names after this many "
+    "seconds (the same session reconnecting elsewhere takes its name at once).",
+)
+@click.option(
     "--tls",
     "tls_prefix",
     metavar="PREFIX",
@@ -167,6 +177,7 @@ def serve(
     sync: str,
     no_store: bool,
     keep: float | None,
+    lease: float,
     tls_prefix: Path | None,
     cert: Path | None,
     key: Path | None,
@@ -253,6 +264,7 @@ def serve(
         token=token,
         users=user_file,
         keep=keep,
+        lease=lease,
     )
     interactive = sys.stdin.isatty() and sys.stdout.isatty() and not as_json
     try:

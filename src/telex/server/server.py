@@ -405,9 +405,8 @@ class Server:
             except Exception as exc:
                 log.error("store: cannot read: %s", exc)
                 if link is not None:
-                    self.broker.fail(
-                        link, ErrorCode.INTERNAL_ERROR, "the server cannot read its store"
-                    )
+                    reason = f"the server cannot read its store ({_reason(exc)}): try again"
+                    self.broker.fail(link, ErrorCode.INTERNAL_ERROR, reason)
             else:
                 then(result)
             self.run_actions()

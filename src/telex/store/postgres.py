@@ -151,7 +151,8 @@ _COLUMNS = (
 _COPY = f"COPY telex_messages ({_COLUMNS}) FROM STDIN"
 _NUMBER = (
     b"BEGIN; WITH locked AS (SELECT pg_advisory_xact_lock(%d)) "
-    b"SELECT setval('telex_seq', nextval('telex_seq') + %d - 1) FROM locked"
+    b"SELECT setval('telex_seq', nextval('telex_seq') + %d - 1), pg_current_xact_id()::text "
+    b"FROM locked"
 )
 """The transaction, its lock (the CTE's row is needed before ``setval`` runs), and the
 last of a block of seqs, in one round trip: the simple query protocol takes several
@@ -161,6 +162,9 @@ _COPY_SEGMENTS = f"COPY telex_segments ({_SEGMENT_COLUMNS}) FROM STDIN (FORMAT B
 _SEGMENT_TYPES = ["int8", "int4", "text", "text", "int8", "int8", "float8", "bytea"]
 RETRY_FOR = 10.0
 """Seconds a call waits for an unreachable database (restarting, say) before it fails."""
+HANDSHAKE_WAIT = 4.0
+"""At most this long for a client's handshake (its name and session), well inside the
+client's connect timeout: a refusal it can retry beats a handshake that times out."""
 _T = TypeVar("_T")
 
 
@@ -174,6 +178,7 @@ class PostgresStore(SharedStore):
     def __init__(self, url: str, *, retry_for: float = RETRY_FOR) -> None:
         self.url = url
         self.retry_for = retry_for
+        self._patience = retry_for  # what ``_again`` waits now
         self.server_id: str | None = None  # once it joined a cluster
         self.channel = ""
         self.lease = 0.0
@@ -194,16 +199,17 @@ class PostgresStore(SharedStore):
     def _connect(self) -> psycopg.Connection[tuple[Any, ...]]:
         try:
             self._db = psycopg.connect(self.url, autocommit=True, connect_timeout=10)
-        except psycopg.Error as exc:
-            reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
-            raise Unreachable(f"cannot connect: {reason}") from None
+        except psycopg.Error as exc:  # libpq: "connection failed: ... failed: WHY\n\tHINT"
+            first = str(exc).strip().split("\n")[0]
+            reason = first.rpartition("failed: ")[2].strip() or type(exc).__name__
+            raise Unreachable(f"cannot reach the database {self.where}: {reason}") from None
         return self._db
 
     def _again(self, call: Callable[[], _T]) -> _T:
         """``call()``; while the database cannot be reached (a refused connection, one
         lost mid-call) try again, for up to ``retry_for`` seconds. Any other error, or
         the time up, is a ``StoreError``."""
-        deadline = time.monotonic() + self.retry_for
+        deadline = time.monotonic() + self._patience
         pause = 0.05
         while True:
             try:
@@ -211,6 +217,9 @@ class PostgresStore(SharedStore):
             except Unreachable:
                 if time.monotonic() >= deadline:
                     raise
+            except _TryAgain as exc:
+                if time.monotonic() >= deadline:
+                    raise Unreachable(str(exc)) from exc
             except psycopg.Error as exc:
                 db = self._db
                 lost = db is None or db.closed or db.broken
@@ -259,10 +268,35 @@ class PostgresStore(SharedStore):
     def commit(self, batch: Batch, now: float) -> Committed:
         """Store a batch in one transaction: its messages with one COPY, numbered from a
         block of ``telex_seq`` taken under the advisory lock. Raises ``StoreError`` if
-        it did not commit; then nothing of it is. While the database cannot be reached
-        it tries again for up to ``retry_for`` seconds, as long as it never sent COMMIT
-        (after a COMMIT whose answer was lost, the outcome is unknown: it says so)."""
-        return self._again(lambda: self._commit(batch, now))
+        it did not commit; then nothing of it is.
+
+        While the database cannot be reached it tries again, for up to ``retry_for``
+        seconds. A connection lost while COMMIT was on its way leaves the outcome in
+        doubt: once the database answers again, the transaction's id says whether it
+        committed (``pg_xact_status``), so that the batch is stored exactly once."""
+
+        def once() -> Committed:
+            try:
+                return self._commit(batch, now)
+            except _InDoubt as doubt:
+                xid = doubt.xid
+                status = self._again(lambda: self._xact_status(xid))
+                if status == "committed":
+                    return doubt.result
+                raise _TryAgain(f"the commit was lost ({doubt}): not stored") from doubt
+
+        return self._again(once)
+
+    def _xact_status(self, xid: str) -> str | None:
+        """'committed' or 'aborted' (None: too old to know), once it is either."""
+        try:
+            row = self.db.execute("SELECT pg_xact_status(%s::xid8)", (xid,)).fetchone()
+        except psycopg.errors.InvalidParameterValue:  # "in the future": after a crash,
+            return "aborted"  # the database never logged it, so it never committed
+        status = None if row is None else row[0]
+        if status == "in progress":  # its backend has not yet seen the connection go
+            raise _TryAgain("the lost commit is still in progress")
+        return status
 
     def _commit(self, batch: Batch, now: float) -> Committed:
         count = sum(len(part.items) for part in batch.inbound) + len(batch.envelopes)
@@ -270,14 +304,19 @@ class PostgresStore(SharedStore):
         envelopes: list[int] = []
         elsewhere: frozenset[str] = frozenset()
         db = self.db
-        with _Transaction(db), db.cursor() as cursor:
+        with _Transaction(db) as transaction, db.cursor() as cursor:
             if not count:
-                cursor.execute(b"BEGIN")
-            else:  # BEGIN, the lock and the numbers in one round trip
+                cursor.execute(b"BEGIN; SELECT pg_current_xact_id()::text")
+                cursor.nextset()
+                row = cursor.fetchone()
+                assert row is not None
+                transaction.xid = row[0]
+            else:  # BEGIN, the lock, the numbers and the transaction's id in one round trip
                 cursor.execute(_NUMBER % (_LOCK, count))
                 cursor.nextset()
                 row = cursor.fetchone()
                 assert row is not None
+                transaction.xid = row[1]
                 seq = int(row[0]) - count + 1
                 if batch.inbound:
                     with cursor.copy(_COPY_SEGMENTS) as copy:
@@ -307,7 +346,8 @@ class PostgresStore(SharedStore):
                     "UPDATE telex_messages SET owed = false WHERE seq = ANY(%s) AND owed",
                     (batch.receipted,),
                 )
-        return Committed(inbound, envelopes, elsewhere)
+            transaction.result = Committed(inbound, envelopes, elsewhere)
+        return transaction.result
 
     def _wake_recipients(
         self, cursor: psycopg.Cursor[tuple[Any, ...]], batch: Batch, seqs: list[int]
@@ -360,7 +400,15 @@ class PostgresStore(SharedStore):
 
     def session_state(self, session: str | None, name: str) -> SessionState:
         """In a cluster, the name is claimed first: ``taken`` if another server's client
-        holds it. The receipts owed to the session come with its outbox."""
+        holds it. The receipts owed to the session come with its outbox. A client waits
+        for this in its handshake: the database is waited for ``HANDSHAKE_WAIT`` at most."""
+        self._patience = min(self.retry_for, HANDSHAKE_WAIT)
+        try:
+            return self._session_state(session, name)
+        finally:
+            self._patience = self.retry_for
+
+    def _session_state(self, session: str | None, name: str) -> SessionState:
         if self.server_id is not None and not self._again(lambda: self._claim(name, session)):
             return SessionState(taken=True)
         outbox = tuple(
@@ -824,26 +872,42 @@ class PostgresStore(SharedStore):
             self._db = None
 
 
+class _InDoubt(Exception):
+    """The connection was lost while COMMIT was on its way: the transaction ``xid`` may
+    or may not have committed (``result`` is what it stored if it did)."""
+
+    def __init__(self, xid: str, result: Committed, cause: psycopg.Error) -> None:
+        super().__init__(_reason(cause))
+        self.xid = xid
+        self.result = result
+
+
+class _TryAgain(Exception):
+    """Not stored, and the database may be back soon: the call is tried again."""
+
+
 class _Transaction:
     """COMMIT on success, ROLLBACK on failure; the caller says BEGIN (with what it sends
-    first: one round trip less than psycopg's ``transaction()``)."""
+    first: one round trip less than psycopg's ``transaction()``) and sets ``xid`` (the
+    transaction's id, by which an in-doubt COMMIT is looked up) and ``result``."""
 
     def __init__(self, db: psycopg.Connection[tuple[Any, ...]]) -> None:
         self.db = db
+        self.xid = ""
+        self.result = Committed([], [])
 
-    def __enter__(self) -> None:
-        return None
+    def __enter__(self) -> _Transaction:
+        return self
 
     def __exit__(self, kind: object, *rest: object) -> None:
         idle = psycopg.pq.TransactionStatus.IDLE
         if kind is None:
             try:
                 self.db.execute(b"COMMIT")
-            except psycopg.Error as exc:  # no retry: it may have committed
-                raise StoreError(
-                    f"the database went away while committing ({_reason(exc)}): "
-                    "what was sent may or may not be stored"
-                ) from exc
+            except psycopg.Error as exc:
+                if not self.db.broken:
+                    raise
+                raise _InDoubt(self.xid, self.result, exc) from exc
         elif not self.db.broken and self.db.info.transaction_status != idle:
             with contextlib.suppress(psycopg.Error):
                 self.db.execute(b"ROLLBACK")
