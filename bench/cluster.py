@@ -160,12 +160,8 @@ def main() -> None:
         return
     from tests.postgres import start_cluster
 
-    postgres = start_cluster(durable=True)
-    running = next(postgres)
-    try:
-        run(options, running.create_database)
-    finally:
-        postgres.close()
+    with contextmanager(start_cluster)(durable=True) as postgres:  # stopped at the end
+        run(options, postgres.create_database)
 
 
 ROWS = {  # label: what its ratio is, in the order printed

@@ -277,7 +277,9 @@ def send(
                 retries=retries,
                 session=state.session,
                 first_id=state.next_id,
-                on_receipt=functools.partial(_keep_receipt, receipts, arrived),
+                on_receipt=functools.partial(_keep_receipt, receipts, arrived)
+                if wait_delivery
+                else None,
                 **security.client_options(address, interactive=False),
             )
             waiting = (receipts, arrived) if wait_delivery else None

@@ -147,7 +147,7 @@ class _ClientProtocol(FlushOnce, asyncio.Protocol):
             elif type(event) is Message:
                 client._on_message(event, self.conn)
             elif type(event) is Receipt:
-                if client.on_receipt is not None:
+                if client.on_receipt is not None and client._session.got_receipt(event.id):
                     client.on_receipt(event)
             elif type(event) is Challenge:
                 self.challenge = event
@@ -292,7 +292,8 @@ class AsyncClient:
         self._pending: dict[int, asyncio.Future[Ack]] = {}
         if type(first_id) is not int or not 1 <= first_id < 2**63:
             raise ValueError(f"first_id is from 1 to 2**63 - 1, not {first_id!r}")
-        self._session = ClientSession(self.session)  # ids, resend, redeliveries
+        # ids, resend, redeliveries; with on_receipt, stored messages until their receipts
+        self._session = ClientSession(self.session, receipts=on_receipt is not None)
         self._session.next_id = first_id
         self._limit = max_message_size  # the server's, once its WELCOME says
         self._refused: dict[int, Ack] = {}  # refused here, answered in their turn
@@ -623,7 +624,7 @@ class AsyncClient:
 
     def _on_ack(self, ack: Ack) -> None:
         future = self._pending.pop(ack.id, None)
-        self._session.answered(ack.id)
+        self._session.answered(ack)
         if future is not None and not future.done():
             future.set_result(ack)
         if self._refused:

@@ -7,11 +7,19 @@ its first id, on the next connection; the server acknowledges again what it alre
 had. When the server numbers its own messages from its store (``stable_ids``), a
 message at or below the highest one taken is a redelivery: acknowledged, not handed
 over twice. The asyncio client keeps the futures; this keeps the rest.
+
+A client that wants receipts (``receipts``) keeps each message the server stored for
+another client until its RECEIPT comes, and sends it again after a reconnect too: the
+server knows it, acknowledges it again, and sends its RECEIPT if the recipient answered
+it (or when it does). So a receipt lost with a connection (or with the server that was
+to send it) comes on the next one. A receipt that comes twice is handed over once.
 """
 
 from __future__ import annotations
 
-from .events import Body, Message, Welcome
+from operator import itemgetter
+
+from .events import Ack, Body, Message, Welcome
 from .protocol import Connection
 
 __all__ = ["ClientSession"]
@@ -20,10 +28,13 @@ __all__ = ["ClientSession"]
 class ClientSession:
     """One client session, without I/O."""
 
-    def __init__(self, session_id: str) -> None:
+    def __init__(self, session_id: str, *, receipts: bool = False) -> None:
         self.id = session_id
         self.next_id = 1
         self.unacked: dict[int, tuple[Body, str | None]] = {}  # in id order: to resend
+        self.receipts = receipts  # wanted: stored messages wait for their receipts
+        self.awaiting: dict[int, tuple[Body, str | None]] = {}  # stored, no receipt yet
+        self.receipted: set[int] = set()  # ids whose receipt was handed over
         self.stable_ids = False
         self.last_taken = 0  # the highest id of a server message this client took
 
@@ -40,14 +51,31 @@ class ClientSession:
         self.next_id = msg_id + 1
         return msg_id
 
-    def answered(self, msg_id: int) -> None:
-        """Message ``msg_id`` got its ACK: it is not sent again."""
-        self.unacked.pop(msg_id, None)
+    def answered(self, ack: Ack) -> None:
+        """A message got its ACK: it is not sent again, unless its receipt is wanted and
+        it was stored for a client that has not answered it yet."""
+        sent = self.unacked.pop(ack.id, None)
+        if sent is None or not (self.receipts and ack.ok and ack.stored):
+            return
+        if ack.id not in self.receipted:
+            self.awaiting[ack.id] = sent
+
+    def got_receipt(self, msg_id: int) -> bool:
+        """A RECEIPT came for ``msg_id``: True the first time (hand it over)."""
+        if msg_id in self.receipted:
+            return False
+        self.receipted.add(msg_id)
+        self.awaiting.pop(msg_id, None)
+        return True
 
     def welcomed(self, welcome: Welcome, conn: Connection) -> None:
-        """A connection is up: resend, in order and under their ids, what waits."""
+        """A connection is up: resend, in order and under their ids, what waits for an
+        ack, and what waits for its receipt."""
         self.stable_ids = welcome.stable_ids
-        for msg_id, (body, to) in self.unacked.items():
+        waiting = [*self.unacked.items(), *self.awaiting.items()]
+        if self.awaiting:
+            waiting.sort(key=itemgetter(0))
+        for msg_id, (body, to) in waiting:
             conn.send_message(body, name=to, msg_id=msg_id)
 
     def is_redelivery(self, message: Message) -> bool:
@@ -62,3 +90,4 @@ class ClientSession:
     def forget(self) -> None:
         """The client is done for good: nothing will be sent again."""
         self.unacked.clear()
+        self.awaiting.clear()
