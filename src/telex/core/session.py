@@ -5,8 +5,11 @@ A client numbers its messages across all its connections in one session. When a
 connection drops, every message not yet acknowledged is sent again, in order, under
 its first id, on the next connection; the server acknowledges again what it already
 had. When the server numbers its own messages from its store (``stable_ids``), a
-message at or below the highest one taken is a redelivery: acknowledged, not handed
-over twice. The asyncio client keeps the futures; this keeps the rest.
+message whose id this client took already is a redelivery: acknowledged, not handed
+over twice. The ids taken are remembered one by one (the last ``TAKEN_KEPT``), not as
+the highest: in a cluster a message may come after one with a higher id (the notice
+to its server was missed, and a later read found it), and it is new. The asyncio
+client keeps the futures; this keeps the rest.
 
 A client that wants receipts (``receipts``) keeps each message the server stored for
 another client until its RECEIPT comes, and sends it again after a reconnect too: the
@@ -22,7 +25,11 @@ from operator import itemgetter
 from .events import Ack, Body, Message, Welcome
 from .protocol import Connection
 
-__all__ = ["ClientSession"]
+__all__ = ["TAKEN_KEPT", "ClientSession"]
+
+TAKEN_KEPT = 100_000
+"""How many of the ids it took a client remembers: a server sends again only what it
+sent just before a connection dropped, so the recent ones are enough (about 6 MB)."""
 
 
 class ClientSession:
@@ -36,7 +43,7 @@ class ClientSession:
         self.awaiting: dict[int, tuple[Body, str | None]] = {}  # stored, no receipt yet
         self.receipted: set[int] = set()  # ids whose receipt was handed over
         self.stable_ids = False
-        self.last_taken = 0  # the highest id of a server message this client took
+        self.taken: dict[int, None] = {}  # ids of the server's messages taken, oldest first
 
     def number(self, body: Body, to: str | None) -> int:
         """The id of a new message, remembered until it is acknowledged."""
@@ -80,12 +87,15 @@ class ClientSession:
 
     def is_redelivery(self, message: Message) -> bool:
         """A message from the server that this client took already (its ack was lost)."""
-        return self.stable_ids and message.id <= self.last_taken
+        return self.stable_ids and message.id in self.taken
 
     def took(self, msg_id: int) -> None:
         """This client acknowledged the server's message ``msg_id``."""
-        if self.stable_ids and msg_id > self.last_taken:
-            self.last_taken = msg_id
+        if self.stable_ids:
+            taken = self.taken
+            taken[msg_id] = None
+            if len(taken) > TAKEN_KEPT:
+                del taken[next(iter(taken))]
 
     def forget(self) -> None:
         """The client is done for good: nothing will be sent again."""
