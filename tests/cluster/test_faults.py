@@ -69,21 +69,21 @@ def run_once(postgres: Cluster, folder: Path, lines: int = LINES) -> dict[str, f
     """One run; returns its timings. Fails (AssertionError) on any broken promise."""
     url = postgres.create_database()
     started = time.monotonic()
+    files = contextlib.ExitStack()  # each process's stdin, stdout and stderr
     servers = [
         Serve(
             subprocess.Popen(
                 [*TELEX, "serve", "--db", url, "--port", "0", "--json", "-q", "--lease", LEASE],
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
+                stderr=files.enter_context((folder / f"server{n}.err").open("wb")),
                 text=True,
             )
         )
-        for _ in range(3)
+        for n in range(3)
     ]
     clients: dict[str, subprocess.Popen[bytes]] = {}
     timings: dict[str, float] = {}
-    files = contextlib.ExitStack()  # each client's stdin, stdout and stderr
     try:
         addresses = [server.address for server in servers]
 

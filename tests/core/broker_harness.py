@@ -200,6 +200,7 @@ class Net:
     max_message_size: int = 1024 * 1024
     auto_commit: bool = True
     hold_lookups: bool = False
+    shared: bool = False  # the broker of a cluster's server (its store keeps receipts)
 
     def __post_init__(self) -> None:
         self.store = None if self.path is None else SQLiteStore(self.path)
@@ -207,6 +208,7 @@ class Net:
             self.handler,
             handler_is_async=self.handler_is_async,
             stored=self.store is not None,
+            shared=self.shared,
             gate=self.gate,
             max_message_size=self.max_message_size,
         )
@@ -219,6 +221,7 @@ class Net:
         self.pauses: list[Pause] = []
         self.delivered: list[Delivered] = []
         self.released: list[str] = []  # names freed (a cluster's store would be told)
+        self.receipted: list[int] = []  # seqs whose receipt the broker marked as given
         self.logins: list[tuple[Link, bool]] = []  # each login checked, and if right
         self._count = 0
 
@@ -332,6 +335,7 @@ class Net:
         batch = self.broker.take_batch()
         if batch is not None:
             self.committing = batch
+            self.receipted += batch.receipted
         return batch
 
     def end_commit(self) -> None:

@@ -29,6 +29,7 @@ from telex.core.events import (
     Welcome,
 )
 from telex.core.handlers import Reject
+from telex.core.records import Answered, Pending
 from telex.security import TokenGate, answer_challenge, stretch
 
 from .broker_harness import Net, Recorder
@@ -1044,3 +1045,47 @@ def test_a_resent_message_refused_earlier_is_told_the_refusal_again(make_net: Ma
     alice.send()
     receipts = [e for e in alice.take() if type(e) is Receipt]
     assert receipts == [Receipt(1, AckStatus.REFUSED, "no such account", b"", DELIVERED)]
+
+
+# -- a cluster: what another server stored ---------------------------------------------
+
+
+def test_a_message_found_late_closes_the_connection_for_a_reconnect_not_a_broken_order(
+    make_net: MakeNet,
+) -> None:
+    """Ids on a connection only increase. A message another server stored, found after
+    one with a higher seq was sent (its notice was missed), cannot go on this connection:
+    the server closes it without GOODBYE, so the client reconnects and gets its outbox
+    in order; nothing is lost or answered for it."""
+    net = make_net(stored=True)
+    bob = net.client().connect("bob", "bob-session")
+    bob.take()
+    net.broker.pending_arrived([("bob", Pending(7, "seven", "alice", "a", 1))])
+    net.run()
+    assert bob.take() == [Message(7, "seven", sender="alice")]
+    net.broker.pending_arrived([("bob", Pending(5, "five", "carol", "c", 1))])
+    net.run()
+    assert bob.closed and "came late" in bob.close_reasons[0]
+    assert bob.take() == []  # no GOODBYE: the client reconnects
+    assert "bob" not in net.broker.clients and net.released == ["bob"]
+
+
+def test_messages_and_receipts_from_other_servers_go_once_each(make_net: MakeNet) -> None:
+    net = make_net(stored=True, shared=True)
+    bob = net.client().connect("bob", "bob-session")
+    alice = net.client().connect("alice", "alice-session")
+    bob.take()
+    alice.take()
+    waiting = [
+        ("bob", Pending(3, "three", "carol", "c", 9)),
+        ("nobody", Pending(4, "x", None, None, None)),  # not here (any more): left alone
+    ]
+    net.broker.pending_arrived(waiting)
+    net.broker.pending_arrived(waiting)  # read twice (a wake-up and a timer): sent once
+    net.run()
+    assert bob.take() == [Message(3, "three", sender="carol")]
+    answer = Answered(8, "alice-session", 2, 0, "", "thanks")
+    net.broker.receipts_arrived([answer, answer])
+    net.run()
+    assert alice.take() == [Receipt(2, 0, "", "thanks")]
+    assert net.receipted == [8]

@@ -108,7 +108,8 @@ class PeerEvent:
     """Something that happened to a connection, for a console or a log.
 
     ``kind``: ``joined``, ``left``, ``violation``, ``peer_error``, ``refused``,
-    ``handler_failed`` (``error`` holds the exception), ``too_large``.
+    ``handler_failed`` (``error`` holds the exception), ``too_large``, ``late`` (a
+    cluster's message found after a later one: the client is made to reconnect).
     """
 
     kind: str
@@ -1107,11 +1108,24 @@ class Broker:
             return
         proto = link.proto
         assert isinstance(proto, Connection)
-        if msg_id is not None and msg_id in link.outgoing:
-            return  # sent already (from the outbox and as it was stored)
+        if msg_id is not None and msg_id < proto.next_id:
+            if msg_id not in link.outgoing:  # (else sent already: outbox, then as stored)
+                self._late(link, msg_id)
+            return
         sent_id = proto.send_message(body, name=sender, msg_id=msg_id)
         link.outgoing[sent_id] = on_answer
         self._touch(link)
+
+    def _late(self, link: Link, seq: int) -> None:
+        """A stored message below one this connection was sent already: a cluster's
+        server found it late (the notice of it was missed). Ids on a connection only
+        increase, so it cannot go on this one: the connection is closed, without
+        GOODBYE, and the client's next connection gets its outbox in order (what it
+        took already, it knows by id)."""
+        reason = f"message {seq} came late: reconnect to take it in order"
+        self._notice("late", link, reason)
+        self.connection_lost(link)
+        self._close(link, reason)
 
     def push(self, link: Link, bodies: Iterable[Body], on_answer: OnAnswer) -> int:
         """Send the server's own messages to an open client without a store: the fast

@@ -455,7 +455,7 @@ class Server:
             log.warning("%s: peer reported error %s", where, event.detail)
         elif event.kind == "refused":
             log.warning("%s: login refused: %s", where, event.detail)
-        elif event.kind == "too_large":
+        elif event.kind in ("too_large", "late"):
             log.warning("%s: %s", where, event.detail)
         if event.kind in ("joined", "left") and self.on_event is not None:
             self.on_event(PeerEvent(event.kind, event.peer, event.detail))

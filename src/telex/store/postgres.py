@@ -157,6 +157,12 @@ _NUMBER = (
 """The transaction, its lock (the CTE's row is needed before ``setval`` runs), and the
 last of a block of seqs, in one round trip: the simple query protocol takes several
 statements, without parameters, so the two numbers are written in (integers only)."""
+_MARKS = b"BEGIN; SET LOCAL synchronous_commit TO off; SELECT pg_current_xact_id()::text"
+"""A transaction of marks only (delivered, receipted): its COMMIT does not wait for the
+disk. A crash of PostgreSQL may lose the last of them, and then a message is sent again
+(its recipient's client knows its id) or a receipt given again (its sender's client
+hands it over once), never lost: a later commit that waits for the disk makes every
+earlier one durable, so what is lost is only the newest marks."""
 _SEGMENT_COLUMNS = "seq, count, session, sender, first_id, last_id, received, messages"
 _COPY_SEGMENTS = f"COPY telex_segments ({_SEGMENT_COLUMNS}) FROM STDIN (FORMAT BINARY)"
 _SEGMENT_TYPES = ["int8", "int4", "text", "text", "int8", "int8", "float8", "bytea"]
@@ -305,8 +311,9 @@ class PostgresStore(SharedStore):
         elsewhere: frozenset[str] = frozenset()
         db = self.db
         with _Transaction(db) as transaction, db.cursor() as cursor:
-            if not count:
-                cursor.execute(b"BEGIN; SELECT pg_current_xact_id()::text")
+            if not count:  # marks only: see _MARKS
+                cursor.execute(_MARKS)
+                cursor.nextset()
                 cursor.nextset()
                 row = cursor.fetchone()
                 assert row is not None
@@ -341,10 +348,11 @@ class PostgresStore(SharedStore):
                         elsewhere = self._wake_recipients(cursor, batch, envelopes)
             if batch.delivered:
                 self._mark_delivered(cursor, batch, now)
-            if batch.receipted:
+            given = set(batch.receipted).difference(batch.delivered)  # those: above
+            if given:
                 cursor.execute(
                     "UPDATE telex_messages SET owed = false WHERE seq = ANY(%s) AND owed",
-                    (batch.receipted,),
+                    (list(given),),
                 )
             transaction.result = Committed(inbound, envelopes, elsewhere)
         return transaction.result
@@ -355,15 +363,15 @@ class PostgresStore(SharedStore):
         """One NOTIFY per other server holding a recipient of the batch (sent when the
         transaction commits), naming the seqs it should read; the recipients it holds."""
         cursor.execute(
-            "SELECT array_agg(DISTINCT n.name), pg_notify(s.channel, "
-            "'d ' || min(e.seq) || ' ' || max(e.seq)) "
+            "SELECT array_agg(DISTINCT n.name) FILTER (WHERE s.lease_until > now()), "
+            "pg_notify(s.channel, 'd ' || min(e.seq) || ' ' || max(e.seq)) "
             "FROM unnest(%s::text[], %s::bigint[]) AS e (recipient, seq) "
             "JOIN telex_names n ON n.name = e.recipient "
             "JOIN telex_servers s ON s.id = n.server "
-            "WHERE n.server <> %s AND s.lease_until > now() GROUP BY s.channel",
+            "WHERE n.server <> %s GROUP BY s.channel",
             ([envelope.recipient for envelope in batch.envelopes], seqs, self.server_id),
-        )
-        return frozenset(name for names, _ in cursor.fetchall() for name in names)
+        )  # a server whose lease ran out is woken too: it may be back, and nobody else is
+        return frozenset(name for names, _ in cursor.fetchall() for name in names or ())
 
     def _mark_delivered(
         self, cursor: psycopg.Cursor[tuple[Any, ...]], batch: Batch, now: float
@@ -409,8 +417,10 @@ class PostgresStore(SharedStore):
             self._patience = self.retry_for
 
     def _session_state(self, session: str | None, name: str) -> SessionState:
-        if self.server_id is not None and not self._again(lambda: self._claim(name, session)):
-            return SessionState(taken=True)
+        if self.server_id is not None:
+            if not self._again(lambda: self._claim(name, session)):
+                return SessionState(taken=True)
+            self._again(self._barrier)
         outbox = tuple(
             Pending(seq, body, sender, from_session, sender_id)
             for seq, from_session, sender_id, sender, body in self.outbox(name)
@@ -804,6 +814,13 @@ class PostgresStore(SharedStore):
             if elsewhere:
                 db.execute("SELECT pg_notify(%s, %s)", (channel, f"x {name}"))
             return True
+
+    def _barrier(self) -> None:
+        """Wait for the commits under way (each holds the advisory lock until its COMMIT)
+        to end: one that looked for a client's server before its claim committed did
+        not wake this server, so the outbox read after this must see what it stored."""
+        with self.db.transaction():
+            self.db.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK,))
 
     def release(self, name: str) -> None:
         if self.server_id is not None:
