@@ -21,7 +21,7 @@ import logging
 import threading
 from typing import TYPE_CHECKING, Any
 
-from ..store.base import SharedStore, StoreError
+from ..store.base import SharedStore, StoreError, WakeUp
 
 if TYPE_CHECKING:
     from .server import Server
@@ -60,8 +60,8 @@ class Membership:
         self.server_id = await self.server.on_store_thread(self.store.join, self.lease)
         self.server.broker.guest_prefix = f"guest-{self.server_id}-"
 
-        def notified(payload: str) -> None:
-            loop.call_soon_threadsafe(self._notified, payload)
+        def notified(wakeup: WakeUp) -> None:
+            loop.call_soon_threadsafe(self._notified, wakeup)
 
         def connected() -> None:
             loop.call_soon_threadsafe(self._read_everything)
@@ -89,20 +89,24 @@ class Membership:
 
     # -- wake-ups ---------------------------------------------------------------------
 
-    def _notified(self, payload: str) -> None:
-        kind, _, rest = payload.partition(" ")
-        if kind == "d":
-            low, high = (int(part) for part in rest.split())
+    def _notified(self, wakeup: WakeUp) -> None:
+        broker = self.server.broker
+        if wakeup.messages:  # carried: nothing to read
+            broker.pending_arrived(wakeup.messages)
+        elif wakeup.answers:
+            broker.receipts_arrived(wakeup.answers)
+        elif wakeup.kind == "pending":
+            low, high = wakeup.low, wakeup.high
             if self._range is not None:
                 low, high = min(low, self._range[0]), max(high, self._range[1])
             self._range = (low, high)
-        elif kind == "r":
+            self._schedule()
+        elif wakeup.kind == "receipts":
             self._receipts = True
-        elif kind == "x":
-            self.server.broker.taken_over(rest, TAKEN_OVER)
-            self.server.run_actions()
-            return
-        self._schedule()
+            self._schedule()
+        elif wakeup.kind == "taken":
+            broker.taken_over(wakeup.name, TAKEN_OVER)
+        self.server.run_actions()
 
     def _read_everything(self) -> None:
         self._everything = self._receipts = True

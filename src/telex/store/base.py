@@ -34,6 +34,7 @@ __all__ = [
     "StoreError",
     "StoredMessage",
     "Unreachable",
+    "WakeUp",
     "open_store",
     "public_url",
 ]
@@ -179,6 +180,24 @@ class Store(ABC):
     def close(self) -> None: ...
 
 
+@dataclass(frozen=True, slots=True)
+class WakeUp:
+    """What another server of a cluster tells this one (``SharedStore.listen``).
+
+    ``kind``: ``pending``, messages stored for clients here: ``messages`` themselves
+    when they were few and small, else seqs ``low`` to ``high`` to read; ``receipts``,
+    receipts owed to senders here: ``answers`` themselves, or none (then read them);
+    ``taken``, a client of another server took ``name`` (of the same session).
+    """
+
+    kind: str
+    low: int = 0
+    high: int = 0
+    messages: tuple[tuple[str, Pending], ...] = ()
+    answers: tuple[Answered, ...] = ()
+    name: str = ""
+
+
 class SharedStore(Store):
     """A store several servers share as a cluster (PostgreSQL): each server ``join``s
     it, and the store keeps who holds which name, wakes the server that holds a
@@ -226,18 +245,14 @@ class SharedStore(Store):
     @abstractmethod
     def listen(
         self,
-        on_notify: Callable[[str], object],
+        on_wakeup: Callable[[WakeUp], object],
         on_connected: Callable[[], object],
         stop: threading.Event,
     ) -> None:
         """Until ``stop`` is set, on a thread and a connection of its own: call
-        ``on_notify(payload)`` for each wake-up sent to this server, and
-        ``on_connected()`` each time it (re)connects (what came while it was away must
-        be read then). Reconnects by itself.
-
-        Payloads: ``d LOW HIGH`` (messages for clients here, seqs LOW to HIGH), ``r``
-        (receipts owed to senders here), ``x NAME`` (a client of another server took
-        NAME, of the same session)."""
+        ``on_wakeup`` for each wake-up sent to this server, and ``on_connected()`` each
+        time it (re)connects (what came while it was away must be read then).
+        Reconnects by itself."""
 
 
 def public_url(url: str) -> str:

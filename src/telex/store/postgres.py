@@ -48,8 +48,10 @@ opening a store upgrades an older schema and refuses a newer one.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import dataclasses
+import json
 import secrets
 import threading
 import time
@@ -75,6 +77,7 @@ from .base import (
     StoredMessage,
     StoreError,
     Unreachable,
+    WakeUp,
     in_seq_order,
     public_url,
 )
@@ -157,7 +160,7 @@ _NUMBER = (
 """The transaction, its lock (the CTE's row is needed before ``setval`` runs), and the
 last of a block of seqs, in one round trip: the simple query protocol takes several
 statements, without parameters, so the two numbers are written in (integers only)."""
-_MARKS = b"BEGIN; SET LOCAL synchronous_commit TO off; SELECT pg_current_xact_id()::text"
+_MARKS = (b"BEGIN", b"SET LOCAL synchronous_commit TO off")
 """A transaction of marks only (delivered, receipted): its COMMIT does not wait for the
 disk. A crash of PostgreSQL may lose the last of them, and then a message is sent again
 (its recipient's client knows its id) or a receipt given again (its sender's client
@@ -166,6 +169,72 @@ earlier one durable, so what is lost is only the newest marks."""
 _SEGMENT_COLUMNS = "seq, count, session, sender, first_id, last_id, received, messages"
 _COPY_SEGMENTS = f"COPY telex_segments ({_SEGMENT_COLUMNS}) FROM STDIN (FORMAT BINARY)"
 _SEGMENT_TYPES = ["int8", "int4", "text", "text", "int8", "int8", "float8", "bytea"]
+_WAKE = (
+    "SELECT array_agg(DISTINCT n.name) FILTER (WHERE s.lease_until > now()), "
+    "pg_notify(s.channel, 'd ' || min(e.seq) || ' ' || max(e.seq)) "
+    "FROM unnest(%s::text[], %s::bigint[]) AS e (recipient, seq) "
+    "JOIN telex_names n ON n.name = e.recipient JOIN telex_servers s ON s.id = n.server "
+    "WHERE n.server <> %s GROUP BY s.channel"
+)
+"""Wake each other server holding a recipient: 'd LOW HIGH', the seqs to read. A server
+whose lease ran out is woken too: it may be back, and nobody else holds those names."""
+_CARRIED = 16  # envelopes a wake-up may carry (when their bodies are small)
+_WAKE_WITH_MESSAGES = (
+    "WITH w AS (SELECT n.name, s.channel, s.lease_until, "
+    "json_agg(json_build_array(e.seq, e.recipient, e.session, e.sender_id, e.sender, "
+    "encode(e.body, 'base64'), e.kinds) ORDER BY e.seq)::text AS carried, "
+    "min(e.seq) AS low, max(e.seq) AS high "
+    "FROM unnest(%s::text[], %s::bigint[], %s::text[], %s::bigint[], %s::text[], "
+    "%s::bytea[], %s::int[]) AS e (recipient, seq, session, sender_id, sender, body, kinds) "
+    "JOIN telex_names n ON n.name = e.recipient JOIN telex_servers s ON s.id = n.server "
+    "WHERE n.server <> %s GROUP BY n.name, s.channel, s.lease_until) "
+    "SELECT array_agg(name) FILTER (WHERE lease_until > now()), pg_notify(channel, "
+    "CASE WHEN sum(octet_length(carried)) < 7000 "
+    "THEN 'D [' || string_agg(substr(carried, 2, length(carried) - 2), ',') || ']' "
+    "ELSE 'd ' || min(low) || ' ' || max(high) END) FROM w GROUP BY channel"
+)
+"""As ``_WAKE``, with the messages themselves in the NOTIFY ('D' and a JSON list of
+[seq, recipient, session, sender_id, sender, base64 body, kinds]) while they fit in
+its payload (8000 bytes): the woken server need not read them."""
+_STORE_ROUTED = (
+    "WITH locked AS (SELECT pg_advisory_xact_lock(%(lock)s)), "
+    "block AS (SELECT setval('telex_seq', nextval('telex_seq') + %(n)s - 1) - %(n)s AS base "
+    "FROM locked), "
+    "e AS (SELECT block.base + u.ord AS seq, u.recipient, u.session, u.sender_id, u.sender, "
+    "u.body, u.kinds FROM block, unnest(%(recipients)s::text[], %(sessions)s::text[], "
+    "%(ids)s::bigint[], %(senders)s::text[], %(bodies)s::bytea[], %(kinds)s::int[]) "
+    "WITH ORDINALITY AS u (recipient, session, sender_id, sender, body, kinds, ord)), "
+    "stored AS (INSERT INTO telex_messages (seq, session, sender_id, sender, recipient, body, "
+    "kinds, received) SELECT seq, session, sender_id, sender, recipient, body, kinds, "
+    "%(now)s FROM e), "
+    "w AS (SELECT n.name, s.channel, s.lease_until, "
+    "json_agg(json_build_array(e.seq, e.recipient, e.session, e.sender_id, e.sender, "
+    "encode(e.body, 'base64'), e.kinds) ORDER BY e.seq)::text AS carried, "
+    "min(e.seq) AS low, max(e.seq) AS high "
+    "FROM e JOIN telex_names n ON n.name = e.recipient JOIN telex_servers s ON s.id = n.server "
+    "WHERE n.server <> %(me)s GROUP BY n.name, s.channel, s.lease_until), "
+    "woken AS (SELECT array_agg(name) FILTER (WHERE lease_until > now()) AS names, "
+    "pg_notify(channel, CASE WHEN sum(octet_length(carried)) < 7000 "
+    "THEN 'D [' || string_agg(substr(carried, 2, length(carried) - 2), ',') || ']' "
+    "ELSE 'd ' || min(low) || ' ' || max(high) END) FROM w GROUP BY channel) "
+    "SELECT (SELECT base FROM block), pg_current_xact_id()::text, "
+    "(SELECT array_agg(name) FROM woken, unnest(woken.names) AS name)"
+)
+"""A few messages for clients in one statement: the lock, a block of seqs, the rows,
+and the wake-ups carrying them (as ``_WAKE_WITH_MESSAGES``); it gives the block's base
+(the seqs are base + 1 ...), the transaction's id, and the recipients held elsewhere."""
+_WAKE_SENDERS = (
+    "WITH r AS (SELECT s.channel, json_build_array(m.seq, m.session, m.sender_id, "
+    "m.status, m.reason, encode(m.reply, 'base64'), m.kinds)::text AS receipt "
+    "FROM telex_messages m JOIN telex_names n ON n.session = m.session "
+    "JOIN telex_servers s ON s.id = n.server "
+    "WHERE m.seq = ANY(%s) AND m.owed AND n.server <> %s) "
+    "SELECT pg_notify(channel, CASE WHEN sum(octet_length(receipt)) < 7000 "
+    "THEN 'R [' || string_agg(receipt, ',') || ']' ELSE 'r' END) FROM r GROUP BY channel"
+)
+"""Wake the server of each sender whose receipt is owed: 'R' and the receipts (a JSON
+list of [seq, session, sender_id, status, reason, base64 reply, kinds]) while they fit,
+else 'r' (read them)."""
 RETRY_FOR = 10.0
 """Seconds a call waits for an unreachable database (restarting, say) before it fails."""
 HANDSHAKE_WAIT = 4.0
@@ -309,68 +378,128 @@ class PostgresStore(SharedStore):
         inbound: list[int] = []
         envelopes: list[int] = []
         elsewhere: frozenset[str] = frozenset()
+        if not count:
+            return self._commit_marks(batch, now)
+        if not batch.inbound and self._carried(batch):
+            return self._commit_routed(batch, now)
         db = self.db
         with _Transaction(db) as transaction, db.cursor() as cursor:
-            if not count:  # marks only: see _MARKS
-                cursor.execute(_MARKS)
-                cursor.nextset()
-                cursor.nextset()
-                row = cursor.fetchone()
-                assert row is not None
-                transaction.xid = row[0]
-            else:  # BEGIN, the lock, the numbers and the transaction's id in one round trip
-                cursor.execute(_NUMBER % (_LOCK, count))
-                cursor.nextset()
-                row = cursor.fetchone()
-                assert row is not None
-                transaction.xid = row[1]
-                seq = int(row[0]) - count + 1
-                if batch.inbound:
-                    with cursor.copy(_COPY_SEGMENTS) as copy:
-                        copy.set_types(_SEGMENT_TYPES)
-                        for part in batch.inbound:
-                            inbound.append(seq)
-                            copy.write_row(_segment_row(seq, part.session, part.sender, now,
-                                                        part.items))  # fmt: skip
-                            seq += len(part.items)
-                if batch.envelopes:
-                    with cursor.copy(_COPY) as copy:
-                        write = copy.write_row
-                        for envelope in batch.envelopes:
-                            envelopes.append(seq)
-                            body, _, kinds = _encode(envelope.body, None)
-                            write(
-                                (seq, envelope.session, envelope.sender_id, envelope.sender,
-                                 envelope.recipient, body, None, kinds, now, None, None, None)
-                            )  # fmt: skip
-                            seq += 1
-                    if self.server_id is not None:
-                        elsewhere = self._wake_recipients(cursor, batch, envelopes)
-            if batch.delivered:
-                self._mark_delivered(cursor, batch, now)
-            given = set(batch.receipted).difference(batch.delivered)  # those: above
-            if given:
-                cursor.execute(
-                    "UPDATE telex_messages SET owed = false WHERE seq = ANY(%s) AND owed",
-                    (list(given),),
-                )
+            # BEGIN, the lock, the numbers and the transaction's id: one round trip
+            cursor.execute(_NUMBER % (_LOCK, count))
+            cursor.nextset()
+            row = cursor.fetchone()
+            assert row is not None
+            transaction.xid = row[1]
+            seq = int(row[0]) - count + 1
+            if batch.inbound:
+                with cursor.copy(_COPY_SEGMENTS) as copy:
+                    copy.set_types(_SEGMENT_TYPES)
+                    for part in batch.inbound:
+                        inbound.append(seq)
+                        copy.write_row(_segment_row(seq, part.session, part.sender, now,
+                                                    part.items))  # fmt: skip
+                        seq += len(part.items)
+            if batch.envelopes:
+                with cursor.copy(_COPY) as copy:
+                    write = copy.write_row
+                    for envelope in batch.envelopes:
+                        envelopes.append(seq)
+                        body, _, kinds = _encode(envelope.body, None)
+                        write(
+                            (seq, envelope.session, envelope.sender_id, envelope.sender,
+                             envelope.recipient, body, None, kinds, now, None, None, None)
+                        )  # fmt: skip
+                        seq += 1
+                if self.server_id is not None:
+                    elsewhere = self._wake_recipients(cursor, batch, envelopes)
+            self._mark(cursor, batch, now)
             transaction.result = Committed(inbound, envelopes, elsewhere)
         return transaction.result
+
+    def _carried(self, batch: Batch) -> bool:
+        """Few envelopes with small bodies: their wake-ups carry them."""
+        envelopes = batch.envelopes
+        return len(envelopes) <= _CARRIED and sum(_size(e.body) for e in envelopes) <= 2048
+
+    def _commit_routed(self, batch: Batch, now: float) -> Committed:
+        """A few small messages for clients (the round trip of one message to another
+        client): numbered, stored and their servers woken by one statement
+        (``_STORE_ROUTED``), sent in one round trip with the marks, then COMMIT."""
+        envelopes = batch.envelopes
+        rows = [_encode(e.body, None) for e in envelopes]
+        db = self.db
+        with _Transaction(db) as transaction, db.cursor() as cursor, db.cursor() as other:
+            with db.pipeline() as pipeline:
+                other.execute(b"BEGIN")
+                cursor.execute(
+                    _STORE_ROUTED,
+                    {"lock": _LOCK, "n": len(envelopes), "now": now, "me": self.server_id,
+                     "recipients": [e.recipient for e in envelopes],
+                     "sessions": [e.session for e in envelopes],
+                     "ids": [e.sender_id for e in envelopes],
+                     "senders": [e.sender for e in envelopes],
+                     "bodies": [body for body, _, _ in rows],
+                     "kinds": [kinds for _, _, kinds in rows]},
+                )  # fmt: skip
+                self._mark(other, batch, now)
+                pipeline.sync()
+            row = cursor.fetchone()
+            assert row is not None
+            base, transaction.xid, woken = row
+            seqs = list(range(base + 1, base + 1 + len(envelopes)))
+            transaction.result = Committed([], seqs, frozenset(woken or ()))
+        return transaction.result
+
+    def _commit_marks(self, batch: Batch, now: float) -> Committed:
+        """A batch of marks only (delivered, receipted): one round trip (a pipeline), its
+        COMMIT not waiting for the disk (see ``_MARKS``). Storing marks twice is storing
+        them once, so one whose COMMIT answer was lost is simply stored again."""
+        db = self.db
+        try:
+            with db.pipeline(), db.cursor() as cursor:
+                for statement in _MARKS:
+                    cursor.execute(statement)
+                self._mark(cursor, batch, now)
+                cursor.execute(b"COMMIT")
+        except psycopg.Error:
+            idle = psycopg.pq.TransactionStatus.IDLE
+            if not db.broken and db.info.transaction_status != idle:
+                with contextlib.suppress(psycopg.Error):
+                    db.execute(b"ROLLBACK")
+            raise
+        return Committed([], [])
+
+    def _mark(self, cursor: psycopg.Cursor[tuple[Any, ...]], batch: Batch, now: float) -> None:
+        """The batch's marks: the recipients' answers, and the receipts given."""
+        if batch.delivered:
+            self._mark_delivered(cursor, batch, now)
+        given = set(batch.receipted).difference(batch.delivered)  # those: with the answers
+        if given:
+            cursor.execute(
+                "UPDATE telex_messages SET owed = false WHERE seq = ANY(%s) AND owed",
+                (list(given),),
+            )
 
     def _wake_recipients(
         self, cursor: psycopg.Cursor[tuple[Any, ...]], batch: Batch, seqs: list[int]
     ) -> frozenset[str]:
         """One NOTIFY per other server holding a recipient of the batch (sent when the
-        transaction commits), naming the seqs it should read; the recipients it holds."""
-        cursor.execute(
-            "SELECT array_agg(DISTINCT n.name) FILTER (WHERE s.lease_until > now()), "
-            "pg_notify(s.channel, 'd ' || min(e.seq) || ' ' || max(e.seq)) "
-            "FROM unnest(%s::text[], %s::bigint[]) AS e (recipient, seq) "
-            "JOIN telex_names n ON n.name = e.recipient "
-            "JOIN telex_servers s ON s.id = n.server "
-            "WHERE n.server <> %s GROUP BY s.channel",
-            ([envelope.recipient for envelope in batch.envelopes], seqs, self.server_id),
-        )  # a server whose lease ran out is woken too: it may be back, and nobody else is
+        transaction commits): the messages themselves when they are few and small (it
+        need not read them), else the seqs it should read; the recipients it holds."""
+        envelopes = batch.envelopes
+        recipients = [envelope.recipient for envelope in envelopes]
+        small = len(envelopes) <= _CARRIED and sum(_size(e.body) for e in envelopes) <= 2048
+        if small:
+            rows = [_encode(e.body, None) for e in envelopes]
+            cursor.execute(
+                _WAKE_WITH_MESSAGES,
+                (recipients, seqs, [e.session for e in envelopes],
+                 [e.sender_id for e in envelopes], [e.sender for e in envelopes],
+                 [body for body, _, _ in rows], [kinds for _, _, kinds in rows],
+                 self.server_id),
+            )  # fmt: skip
+        else:
+            cursor.execute(_WAKE, (recipients, seqs, self.server_id))
         return frozenset(name for names, _ in cursor.fetchall() for name in names or ())
 
     def _mark_delivered(
@@ -393,13 +522,7 @@ class PostgresStore(SharedStore):
         )
         owed = [seq for seq in batch.delivered if seq not in given]
         if owed and self.server_id is not None:
-            cursor.execute(
-                "SELECT pg_notify(s.channel, 'r') FROM telex_servers s "
-                "WHERE s.id <> %s AND s.lease_until > now() AND s.id IN "
-                "(SELECT n.server FROM telex_messages m JOIN telex_names n "
-                "ON n.session = m.session WHERE m.seq = ANY(%s) AND m.owed)",
-                (self.server_id, owed),
-            )
+            cursor.execute(_WAKE_SENDERS, (owed, self.server_id))
 
     # -- reading ------------------------------------------------------------------------
 
@@ -865,7 +988,7 @@ class PostgresStore(SharedStore):
 
     def listen(
         self,
-        on_notify: Callable[[str], object],
+        on_wakeup: Callable[[WakeUp], object],
         on_connected: Callable[[], object],
         stop: threading.Event,
     ) -> None:
@@ -878,7 +1001,7 @@ class PostgresStore(SharedStore):
                     on_connected()
                     while not stop.is_set():
                         for note in db.notifies(timeout=0.5):
-                            on_notify(note.payload)
+                            on_wakeup(wakeup(note.payload))
             except psycopg.Error:
                 stop.wait(pause)
                 pause = min(pause * 2, 2.0)
@@ -950,6 +1073,36 @@ def _encode(body: Any, reply: Any) -> tuple[bytes, bytes | None, int]:
     elif reply is not None:
         reply = bytes(reply)
     return bytes(body), reply, kinds
+
+
+def _size(body: Any) -> int:
+    return len(body.encode()) if isinstance(body, str) else len(body)
+
+
+def wakeup(payload: str) -> WakeUp:
+    """A NOTIFY payload as a ``WakeUp`` (see ``_WAKE``, ``_WAKE_WITH_MESSAGES``,
+    ``_WAKE_SENDERS`` and ``_claim``)."""
+    kind, _, rest = payload.partition(" ")
+    if kind == "d":
+        low, high = (int(part) for part in rest.split())
+        return WakeUp("pending", low=low, high=high)
+    if kind == "D":
+        messages = tuple(
+            (recipient, Pending(seq, _decode(base64.b64decode(body), kinds & _BODY_TEXT),
+                                sender, session, sender_id))
+            for seq, recipient, session, sender_id, sender, body, kinds in json.loads(rest)
+        )  # fmt: skip
+        return WakeUp("pending", messages=messages)
+    if kind == "R":
+        answers = tuple(
+            Answered(seq, session, sender_id, status or 0, reason or "",
+                     _decode(base64.b64decode(reply or ""), kinds & _REPLY_TEXT))
+            for seq, session, sender_id, status, reason, reply, kinds in json.loads(rest)
+        )  # fmt: skip
+        return WakeUp("receipts", answers=answers)
+    if kind == "x":
+        return WakeUp("taken", name=rest)
+    return WakeUp("receipts")  # 'r', or anything newer: read what is owed
 
 
 def _decode(value: bytes | None, text: int) -> Any:
