@@ -18,8 +18,10 @@ import pytest
 
 from telex import AsyncClient, Server
 from telex.core.events import Message, Receipt
+from telex.core.records import Batch, Envelope, Pending
 from telex.exceptions import ConnectionClosed, TelexError
-from telex.store.postgres import MIGRATIONS, SCHEMA_VERSION, PostgresStore
+from telex.store.base import WakeUp
+from telex.store.postgres import MIGRATIONS, SCHEMA_VERSION, PostgresStore, wakeup
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -201,3 +203,75 @@ def test_a_version_1_database_is_upgraded_in_place(postgres_url: str) -> None:
         assert [r.seq for r in store.records()] == [1]
     finally:
         store.close()
+
+
+@pytest.mark.parametrize(
+    ("size", "pipelined"),
+    [(10, False), (3_000, False), (10, True), (9_000, True)],
+    ids=["small-carried", "large-read", "many-small", "many-large"],
+)
+async def test_every_way_a_wake_up_goes_delivers_each_message_and_receipt_once(
+    postgres_url: str, size: int, pipelined: bool
+) -> None:
+    """Small messages and receipts ride in the NOTIFY; large ones, or many, are read by
+    the woken server. With no timer (a long lease), each way must deliver by itself."""
+    count = 200 if pipelined else 10
+    bodies = [f"{i:04d}" + "x" * size for i in range(count)]
+    async with cluster(postgres_url, 2, lease=600) as (a, b):
+        got: list[str] = []
+        receipts: list[Receipt] = []
+
+        def answer(message: Message) -> str:
+            got.append(str(message.body))
+            return "r" * size  # a large reply cannot ride in the NOTIFY either
+
+        async with client(b, "bob", handler=answer), client(a, "alice", receipts=receipts) as alice:
+            if pipelined:
+                acks = await alice.send_many(bodies, to="bob")
+            else:
+                acks = [await alice.send(body, to="bob") for body in bodies]
+            assert all(ack.ok and ack.stored for ack in acks)
+            await until(lambda: len(receipts) == count)
+        assert got == bodies
+        assert sorted(r.id for r in receipts) == [ack.id for ack in acks]
+        assert {r.reply for r in receipts} == {"r" * size}
+
+
+def test_wake_ups_carry_small_messages_and_receipts_and_name_the_range_of_large_ones(
+    postgres_url: str,
+) -> None:
+    """What one server's commits tell another, read off PostgreSQL itself: the small
+    messages and receipts ride in the NOTIFY, a large one is named by its seqs."""
+    here, there = PostgresStore(postgres_url), PostgresStore(postgres_url)
+    try:
+        here.join(60)
+        there.join(60)
+        assert not there.session_state("s-bob", "bob").taken
+        assert not here.session_state("s-alice", "alice").taken
+        with psycopg.connect(postgres_url, autocommit=True) as listener:
+            listener.execute(f'LISTEN "{there.channel}"'.encode())
+            listener.execute(f'LISTEN "{here.channel}"'.encode())
+            small = here.commit(
+                Batch(envelopes=[Envelope("bob", "hi", "alice", "s-alice", 1)]), 1.0
+            )
+            large = here.commit(
+                Batch(envelopes=[Envelope("bob", b"\0" * 5000, "alice", "s-alice", 2)]), 2.0
+            )
+            answers = {seq: (0, "", "thanks") for seq in small.envelopes + large.envelopes}
+            there.commit(Batch(delivered=small.envelopes + large.envelopes, answers=answers), 3.0)
+            notes = [wakeup(note.payload) for note in listener.notifies(timeout=1, stop_after=3)]
+    finally:
+        here.close()
+        there.close()
+    assert small.elsewhere == large.elsewhere == frozenset({"bob"})
+    (seq,) = small.envelopes
+    assert notes[0] == WakeUp(
+        "pending", messages=(("bob", Pending(seq, "hi", "alice", "s-alice", 1)),)
+    )
+    (big,) = large.envelopes
+    assert notes[1] == WakeUp("pending", low=big, high=big)
+    assert notes[2].kind == "receipts"
+    assert [(a.seq, a.sender_id, a.reply) for a in notes[2].answers] == [
+        (seq, 1, "thanks"),
+        (big, 2, "thanks"),
+    ]
