@@ -275,3 +275,30 @@ def test_wake_ups_carry_small_messages_and_receipts_and_name_the_range_of_large_
         (seq, 1, "thanks"),
         (big, 2, "thanks"),
     ]
+
+
+async def test_senders_on_two_servers_to_one_client_arrive_in_order_without_a_reconnect(
+    postgres_url: str,
+) -> None:
+    """Messages from a client of the same server and from one of another server, at the
+    same time, to one client: each arrives once, and none comes after a later one (ids
+    on a connection only increase), so the connection is never closed to reorder."""
+    count = 500
+    async with cluster(postgres_url, 2) as (a, b):
+        got: list[str] = []
+        states: list[str] = []
+        bob = AsyncClient(
+            *a.address, name="bob", handler=lambda m: got.append(str(m.body)), timeout=30,
+            on_state=states.append,
+        )  # fmt: skip
+        async with bob, client(a, "alice") as alice, client(b, "carol") as carol:
+            await asyncio.gather(
+                alice.send_many((f"alice {i}" for i in range(count)), to="bob", window=50),
+                carol.send_many((f"carol {i}" for i in range(count)), to="bob", window=50),
+            )
+            await until(lambda: len(got) == 2 * count, timeout=30)
+        assert states == []  # never reconnected
+        assert sorted(got) == sorted([f"alice {i}" for i in range(count)] +
+                                     [f"carol {i}" for i in range(count)])  # fmt: skip
+        for who in ("alice", "carol"):  # each sender's in its order
+            assert [m for m in got if m.startswith(who)] == [f"{who} {i}" for i in range(count)]

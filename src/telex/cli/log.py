@@ -57,7 +57,8 @@ def parse_duration(value: str) -> float | None:
 
 
 class Duration(click.ParamType):  # type: ignore[type-arg]
-    """A positive duration, ``90s``, ``15m``, ``12h`` or ``7d``, as seconds."""
+    """A positive duration, ``90s``, ``15m``, ``12h`` or ``7d`` (a bare number is
+    seconds), as seconds."""
 
     name = "DURATION"
 
@@ -65,7 +66,8 @@ class Duration(click.ParamType):  # type: ignore[type-arg]
         if isinstance(value, int | float) and not isinstance(value, bool):
             seconds: float | None = float(value)  # from a config file, in seconds
         else:
-            seconds = parse_duration(str(value))
+            text = str(value)
+            seconds = parse_duration(text + "s" if text.replace(".", "", 1).isdigit() else text)
         if seconds is None or seconds <= 0:
             self.fail(f"{value!r} is not a duration such as 90s, 15m, 12h or 7d", param, ctx)
         return seconds

@@ -114,10 +114,10 @@ log = logging.getLogger("telex.serve")
     "--lease",
     type=DURATION,
     default=DEFAULT_LEASE,
-    show_default=True,
+    show_default="10s",
     help="With --db postgresql://, servers sharing the database are a cluster: a name is "
-    "held once in all of it. A server that dies frees its clients' names after this many "
-    "seconds (the same session reconnecting elsewhere takes its name at once).",
+    "held once in all of it. A server that dies frees its clients' names after this long "
+    "(the same session reconnecting elsewhere takes its name at once). docs/cluster.md.",
 )
 @click.option(
     "--tls",

@@ -1008,7 +1008,7 @@ class Broker:
             self.stats.accepted += 1
             target = self.clients.get(to)
             self._fill(link, slot, _stored_ack(msg_id, to, self._away(to)))
-            if target is not None:
+            if target is not None and not self.shared:  # (a cluster's: by its wake-up)
                 on_answer = self._receipt_for(seq, session, msg_id)
                 self.deliver(target, body, sender, on_answer, seq)
 
@@ -1145,7 +1145,9 @@ class Broker:
     def send(self, name: str, body: Body, on_answer: OnAnswer) -> None:
         """The server sends ``body`` to client ``name``; ``on_answer`` gets the outcome:
         the client's ack (flagged delivered), or with a store the ack of the store
-        (flagged stored) when the client is not connected."""
+        (flagged stored) when the client is not connected. In a cluster, always the
+        store's: the message goes out with its wake-up (in seq order with the rest),
+        and ``Delivered`` reports the client's answer, from the server it reached."""
         if not self.stored:
             target = self.clients.get(name)
             if target is None:
@@ -1160,9 +1162,10 @@ class Broker:
                 on_answer(Ack(0, AckStatus.UNAVAILABLE, error))
                 return
             target = self.clients.get(name)
-            if target is None:
+            if target is None or self.shared:  # a cluster delivers it by its wake-up
+                away = self._away(name)
                 on_answer(
-                    Ack(seq, AckStatus.OK, _stored_note(name, True), b"", _stored_flags(True))
+                    Ack(seq, AckStatus.OK, _stored_note(name, away), b"", _stored_flags(away))
                 )
                 return
             receipt = self._receipt_for(seq, None, 0)

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from operator import attrgetter
 from pathlib import Path
 from typing import TypeVar
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from ..core.records import Answered, Batch, Committed, Found, Pending, Record, SessionState
 
@@ -41,6 +41,8 @@ __all__ = [
 
 PRUNE_BATCH = 1000
 """Messages a ``prune`` step deletes at most, in one transaction."""
+READ_PAGE = 1000
+"""Rows a ``SharedStore`` read (``pending``, ``owed``) gives at most: a page."""
 
 
 class StoreError(Exception):
@@ -219,9 +221,11 @@ class SharedStore(Store):
         id. Names held by a server whose lease ran out are free to take."""
 
     @abstractmethod
-    def renew(self, names: Sequence[str]) -> list[str]:
-        """Renew the lease; returns which of ``names`` (held by clients here) another
-        server holds now (after this one could not renew in time)."""
+    def renew(self, names: Sequence[str], keep: Sequence[str]) -> list[str]:
+        """Renew the lease; returns which of ``names`` (held by clients welcomed here)
+        another server holds now (after this one could not renew in time). Frees the
+        names this server holds in the store but not in ``keep`` (its clients, welcomed
+        or not yet): a release that failed while the database was away."""
 
     @abstractmethod
     def leave(self) -> None:
@@ -233,10 +237,10 @@ class SharedStore(Store):
 
     @abstractmethod
     def pending(
-        self, names: Sequence[str], low: int | None = None, high: int | None = None
+        self, names: Sequence[str], low: int = 0, high: int | None = None
     ) -> list[tuple[str, Pending]]:
-        """Messages waiting for these clients, oldest first (seqs ``low`` to ``high``
-        if given), a page at most: (recipient, message)."""
+        """Messages waiting for these clients, seqs ``low`` to ``high`` (to the newest if
+        None), oldest first, ``READ_PAGE`` at most: (recipient, message)."""
 
     @abstractmethod
     def owed(self, sessions: Sequence[str]) -> list[Answered]:
@@ -256,12 +260,19 @@ class SharedStore(Store):
 
 
 def public_url(url: str) -> str:
-    """A database URL without its password, for people and logs."""
+    """A database URL without its password (``USER:PASSWORD@``, ``?password=``), for
+    people and logs."""
     parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.netloc.rpartition("@")[2]
-    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}@{host}"))
+    if parts.password is not None:
+        host = parts.netloc.rpartition("@")[2]
+        parts = parts._replace(netloc=f"{parts.username or ''}@{host}")
+    if parts.query:
+        query = [
+            (key, "..." if key.lower() == "password" else value)
+            for key, value in parse_qsl(parts.query, keep_blank_values=True)
+        ]
+        parts = parts._replace(query=urlencode(query, safe="."))
+    return urlunsplit(parts)
 
 
 def open_store(spec: str | Path | Store, *, sync: str = "normal") -> Store:

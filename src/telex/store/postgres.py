@@ -72,6 +72,7 @@ from ..core.records import (
 )
 from .base import (
     PRUNE_BATCH,
+    READ_PAGE,
     Imported,
     SharedStore,
     StoredMessage,
@@ -146,7 +147,7 @@ SCHEMA_VERSION = len(MIGRATIONS)
 
 _LOCK = 0x74656C6578  # "telex": the advisory lock commits and migrations hold
 _BODY_TEXT, _REPLY_TEXT = 1, 2
-_PAGE = 1000  # rows a read fetches at a time
+_PAGE = READ_PAGE  # rows a read fetches at a time
 _COLUMNS = (
     "seq, session, sender_id, sender, recipient, body, reply, kinds, received, delivered, "
     "status, reason"
@@ -170,25 +171,32 @@ _SEGMENT_COLUMNS = "seq, count, session, sender, first_id, last_id, received, me
 _COPY_SEGMENTS = f"COPY telex_segments ({_SEGMENT_COLUMNS}) FROM STDIN (FORMAT BINARY)"
 _SEGMENT_TYPES = ["int8", "int4", "text", "text", "int8", "int8", "float8", "bytea"]
 _WAKE = (
-    "SELECT array_agg(DISTINCT n.name) FILTER (WHERE s.lease_until > now()), "
+    "SELECT array_agg(DISTINCT n.name) "
+    "FILTER (WHERE s.lease_until > now() AND n.server <> %(me)s), "
     "pg_notify(s.channel, 'd ' || min(e.seq) || ' ' || max(e.seq)) "
-    "FROM unnest(%s::text[], %s::bigint[]) AS e (recipient, seq) "
+    "FROM unnest(%(recipients)s::text[], %(seqs)s::bigint[]) AS e (recipient, seq) "
     "JOIN telex_names n ON n.name = e.recipient JOIN telex_servers s ON s.id = n.server "
-    "WHERE n.server <> %s GROUP BY s.channel"
+    "GROUP BY s.channel"
 )
-"""Wake each other server holding a recipient: 'd LOW HIGH', the seqs to read. A server
-whose lease ran out is woken too: it may be back, and nobody else holds those names."""
+"""Wake each server holding a recipient, this one too: 'd LOW HIGH', the seqs to read.
+Gives the recipients other servers hold. Every server delivers what is stored for its
+clients when its wake-up comes, its own commits' included: the wake-ups come in the
+order the commits were numbered, so a client gets its messages in seq order (ids on a
+connection only increase), whichever server stored them. A server whose lease ran
+out is woken too: it may be back, and nobody else holds those names."""
 _CARRIED = 16  # envelopes a wake-up may carry (when their bodies are small)
 _WAKE_WITH_MESSAGES = (
-    "WITH w AS (SELECT n.name, s.channel, s.lease_until, "
+    "WITH w AS (SELECT n.name, n.server, s.channel, s.lease_until, "
     "json_agg(json_build_array(e.seq, e.recipient, e.session, e.sender_id, e.sender, "
     "encode(e.body, 'base64'), e.kinds) ORDER BY e.seq)::text AS carried, "
     "min(e.seq) AS low, max(e.seq) AS high "
-    "FROM unnest(%s::text[], %s::bigint[], %s::text[], %s::bigint[], %s::text[], "
-    "%s::bytea[], %s::int[]) AS e (recipient, seq, session, sender_id, sender, body, kinds) "
+    "FROM unnest(%(recipients)s::text[], %(seqs)s::bigint[], %(sessions)s::text[], "
+    "%(ids)s::bigint[], %(senders)s::text[], %(bodies)s::bytea[], %(kinds)s::int[]) "
+    "AS e (recipient, seq, session, sender_id, sender, body, kinds) "
     "JOIN telex_names n ON n.name = e.recipient JOIN telex_servers s ON s.id = n.server "
-    "WHERE n.server <> %s GROUP BY n.name, s.channel, s.lease_until) "
-    "SELECT array_agg(name) FILTER (WHERE lease_until > now()), pg_notify(channel, "
+    "GROUP BY n.name, n.server, s.channel, s.lease_until) "
+    "SELECT array_agg(name) FILTER (WHERE lease_until > now() AND server <> %(me)s), "
+    "pg_notify(channel, "
     "CASE WHEN sum(octet_length(carried)) < 7000 "
     "THEN 'D [' || string_agg(substr(carried, 2, length(carried) - 2), ',') || ']' "
     "ELSE 'd ' || min(low) || ' ' || max(high) END) FROM w GROUP BY channel"
@@ -207,13 +215,14 @@ _STORE_ROUTED = (
     "stored AS (INSERT INTO telex_messages (seq, session, sender_id, sender, recipient, body, "
     "kinds, received) SELECT seq, session, sender_id, sender, recipient, body, kinds, "
     "%(now)s FROM e), "
-    "w AS (SELECT n.name, s.channel, s.lease_until, "
+    "w AS (SELECT n.name, n.server, s.channel, s.lease_until, "
     "json_agg(json_build_array(e.seq, e.recipient, e.session, e.sender_id, e.sender, "
     "encode(e.body, 'base64'), e.kinds) ORDER BY e.seq)::text AS carried, "
     "min(e.seq) AS low, max(e.seq) AS high "
     "FROM e JOIN telex_names n ON n.name = e.recipient JOIN telex_servers s ON s.id = n.server "
-    "WHERE n.server <> %(me)s GROUP BY n.name, s.channel, s.lease_until), "
-    "woken AS (SELECT array_agg(name) FILTER (WHERE lease_until > now()) AS names, "
+    "GROUP BY n.name, n.server, s.channel, s.lease_until), "
+    "woken AS (SELECT array_agg(name) FILTER (WHERE lease_until > now() AND server <> %(me)s) "
+    "AS names, "
     "pg_notify(channel, CASE WHEN sum(octet_length(carried)) < 7000 "
     "THEN 'D [' || string_agg(substr(carried, 2, length(carried) - 2), ',') || ']' "
     "ELSE 'd ' || min(low) || ' ' || max(high) END) FROM w GROUP BY channel) "
@@ -235,6 +244,17 @@ _WAKE_SENDERS = (
 """Wake the server of each sender whose receipt is owed: 'R' and the receipts (a JSON
 list of [seq, session, sender_id, status, reason, base64 reply, kinds]) while they fit,
 else 'r' (read them)."""
+_CONNECTION: dict[str, Any] = {
+    "connect_timeout": 5,
+    "keepalives": 1,
+    "keepalives_idle": 5,
+    "keepalives_interval": 2,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 10_000,
+}
+"""libpq's settings for every connection: a database that goes silent (a host gone, a
+network cut) is noticed within seconds, as one that refuses, not after minutes."""
+MINIMUM_VERSION = 130000  # PostgreSQL 13: pg_current_xact_id, pg_xact_status
 RETRY_FOR = 10.0
 """Seconds a call waits for an unreachable database (restarting, say) before it fails."""
 HANDSHAKE_WAIT = 4.0
@@ -273,7 +293,7 @@ class PostgresStore(SharedStore):
 
     def _connect(self) -> psycopg.Connection[tuple[Any, ...]]:
         try:
-            self._db = psycopg.connect(self.url, autocommit=True, connect_timeout=10)
+            self._db = psycopg.connect(self.url, autocommit=True, **_CONNECTION)
         except psycopg.Error as exc:  # libpq: "connection failed: ... failed: WHY\n\tHINT"
             first = str(exc).strip().split("\n")[0]
             reason = first.rpartition("failed: ")[2].strip() or type(exc).__name__
@@ -321,6 +341,11 @@ class PostgresStore(SharedStore):
             with self.db.transaction():
                 self.db.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK,))
                 self.db.execute("CREATE TABLE IF NOT EXISTS telex_schema (version integer)")
+                server = self.db.info.server_version
+                if server < MINIMUM_VERSION:
+                    raise StoreError(
+                        f"{self.where} runs PostgreSQL {server // 10000}; telex needs 13 or newer"
+                    )
                 row = self.db.execute("SELECT max(version) FROM telex_schema").fetchone()
                 version = int(row[0]) if row and row[0] is not None else 0
                 if version > SCHEMA_VERSION:
@@ -488,18 +513,20 @@ class PostgresStore(SharedStore):
         need not read them), else the seqs it should read; the recipients it holds."""
         envelopes = batch.envelopes
         recipients = [envelope.recipient for envelope in envelopes]
-        small = len(envelopes) <= _CARRIED and sum(_size(e.body) for e in envelopes) <= 2048
+        small = self._carried(batch)
+        given = {"recipients": recipients, "seqs": seqs, "me": self.server_id}
         if small:
             rows = [_encode(e.body, None) for e in envelopes]
             cursor.execute(
                 _WAKE_WITH_MESSAGES,
-                (recipients, seqs, [e.session for e in envelopes],
-                 [e.sender_id for e in envelopes], [e.sender for e in envelopes],
-                 [body for body, _, _ in rows], [kinds for _, _, kinds in rows],
-                 self.server_id),
+                {**given, "sessions": [e.session for e in envelopes],
+                 "ids": [e.sender_id for e in envelopes],
+                 "senders": [e.sender for e in envelopes],
+                 "bodies": [body for body, _, _ in rows],
+                 "kinds": [kinds for _, _, kinds in rows]},
             )  # fmt: skip
         else:
-            cursor.execute(_WAKE, (recipients, seqs, self.server_id))
+            cursor.execute(_WAKE, given)
         return frozenset(name for names, _ in cursor.fetchall() for name in names or ())
 
     def _mark_delivered(
@@ -875,19 +902,23 @@ class PostgresStore(SharedStore):
     # -- a cluster of servers -------------------------------------------------------------
 
     def join(self, lease: float) -> str:
-        self.server_id = secrets.token_hex(3)
+        self.server_id = secrets.token_hex(6)
         self.channel = f"telex_{self.server_id}"
         self.lease = lease
-        self.renew([])
+        self.renew([], [])
         return self.server_id
 
-    def renew(self, names: Sequence[str]) -> list[str]:
+    def renew(self, names: Sequence[str], keep: Sequence[str] = ()) -> list[str]:
         assert self.server_id is not None
         self._query_nothing(
             "INSERT INTO telex_servers (id, channel, lease_until) "
             "VALUES (%s, %s, now() + make_interval(secs => %s)) "
             "ON CONFLICT (id) DO UPDATE SET lease_until = excluded.lease_until",
             (self.server_id, self.channel, self.lease),
+        )
+        self._query_nothing(
+            "DELETE FROM telex_names WHERE server = %s AND NOT name = ANY(%s)",
+            (self.server_id, [*keep, *names]),
         )
         if not names:
             return []
@@ -953,15 +984,15 @@ class PostgresStore(SharedStore):
             )
 
     def pending(
-        self, names: Sequence[str], low: int | None = None, high: int | None = None
+        self, names: Sequence[str], low: int = 0, high: int | None = None
     ) -> list[tuple[str, Pending]]:
         if not names:
             return []
-        where = "recipient = ANY(%s) AND delivered IS NULL"
-        args: list[Any] = [list(names)]
-        if low is not None and high is not None:
-            where += " AND seq BETWEEN %s AND %s"
-            args += [low, high]
+        where = "recipient = ANY(%s) AND delivered IS NULL AND seq >= %s"
+        args: list[Any] = [list(names), low]
+        if high is not None:
+            where += " AND seq <= %s"
+            args.append(high)
         rows = self._query(
             "SELECT seq, recipient, session, sender_id, sender, body, kinds "  # noqa: S608
             f"FROM telex_messages WHERE {where} ORDER BY seq LIMIT {_PAGE}",
@@ -995,7 +1026,7 @@ class PostgresStore(SharedStore):
         pause = 0.1
         while not stop.is_set():
             try:
-                with psycopg.connect(self.url, autocommit=True, connect_timeout=5) as db:
+                with psycopg.connect(self.url, autocommit=True, **_CONNECTION) as db:
                     db.execute(f'LISTEN "{self.channel}"'.encode())
                     pause = 0.1
                     on_connected()
