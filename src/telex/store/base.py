@@ -3,8 +3,8 @@
 The broker fills a ``Batch``; the server hands it to ``commit`` on its store thread and
 acknowledges nothing before ``commit`` returns. A store numbers what it stores (``seq``,
 the order it stored them in), finds messages a session sends again, and keeps each
-client's outbox. SQLite implements it (``SQLiteStore``); a PostgreSQL store shared by
-several servers comes next, behind the same methods.
+client's outbox. SQLite implements it (``SQLiteStore``), and PostgreSQL
+(``PostgresStore``), which several servers share as a cluster (``SharedStore``).
 
 Housekeeping is part of the interface too, in the same engine-neutral terms: ``prune``
 deletes delivered messages older than a time, a short transaction at a time;
