@@ -1,0 +1,64 @@
+"""docs/cluster.md run for real: its client commands against two `telex serve` on one
+PostgreSQL, their output as the document shows it."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+from tests.cli.test_cli import TELEX, read_line, serve, telex
+from tests.conftest import TIMEOUT
+
+DOC = Path(__file__).resolve().parents[2] / "docs" / "cluster.md"
+
+
+def tour() -> list[tuple[str, list[str]]]:
+    """The commands of the console block after "Clients list both addresses", each
+    with the output lines the document shows under it."""
+    text = DOC.read_text()
+    block = re.search(r"Clients list both addresses.*?```console\n(.*?)```", text, re.S)
+    assert block, "docs/cluster.md has no client tour"
+    steps: list[tuple[str, list[str]]] = []
+    for line in block.group(1).splitlines():
+        if line.startswith("$ "):
+            steps.append((line[2:].split("  #")[0].strip(), []))
+        else:
+            steps[-1][1].append(line)
+    return steps
+
+
+def test_the_client_tour_of_docs_cluster_prints_what_it_shows(postgres_url: str) -> None:
+    steps = tour()
+    commands = [command for command, _ in steps]
+    assert [c.split()[1] for c in commands] == ["listen", "send", "log"]
+    with serve("--db", postgres_url, "-q") as first, serve("--db", postgres_url, "-q") as second:
+
+        def real(command: str) -> list[str]:
+            words = command.replace("127.0.0.1:7777", first.address)
+            words = words.replace("127.0.0.1:7778", second.address)
+            words = words.replace("postgresql://telex@127.0.0.1/telex", postgres_url)
+            return words.split()[1:]  # without "telex"
+
+        listen_args = [*real(commands[0]), "--count", "1"]
+        listener = subprocess.Popen(
+            [*TELEX, *listen_args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        try:
+            assert listener.stderr is not None
+            assert "listening as bob" in read_line(listener.stderr)
+            sent = telex(*[w.strip('"') for w in real(commands[1])])
+            assert sent.returncode == 0, sent.stderr
+            assert sent.stdout.splitlines() == steps[1][1]
+            out, _ = listener.communicate(timeout=TIMEOUT)
+            assert listener.returncode == 0
+            assert "hello" in out
+        finally:
+            if listener.poll() is None:
+                listener.kill()
+                listener.communicate(timeout=TIMEOUT)
+        logged = telex(*real(commands[2]))
+        assert logged.returncode == 0, logged.stderr
+        assert "hello" in logged.stdout
+        first.stop()
+        second.stop()
