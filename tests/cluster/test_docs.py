@@ -3,6 +3,7 @@ PostgreSQL, their output as the document shows it."""
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 from pathlib import Path
@@ -62,3 +63,32 @@ def test_the_client_tour_of_docs_cluster_prints_what_it_shows(postgres_url: str)
         assert "hello" in logged.stdout
         first.stop()
         second.stop()
+
+
+def test_listen_with_several_addresses_moves_on_when_its_server_stops(postgres_url: str) -> None:
+    """A server that stops says goodbye; `telex listen` given the cluster's addresses
+    goes on with the next, where its name and outbox follow it."""
+    with serve("--db", postgres_url, "-q") as first, serve("--db", postgres_url, "-q") as second:
+        addresses = f"{first.address},{second.address}"
+        listener = subprocess.Popen(
+            [*TELEX, "listen", addresses, "--name", "bob", "--count", "2", "--json"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert listener.stderr is not None
+            assert "listening as bob" in read_line(listener.stderr)
+            assert telex("send", first.address, "--to", "bob", "before").returncode == 0
+            code, _ = first.stop()  # SIGTERM: goodbye to bob
+            assert code == 0
+            sent = telex("send", second.address, "--to", "bob", "after")
+            assert sent.returncode == 0, sent.stderr
+            out, err = listener.communicate(timeout=TIMEOUT)
+        finally:
+            if listener.poll() is None:
+                listener.kill()
+                listener.communicate(timeout=TIMEOUT)
+        second.stop()
+    assert listener.returncode == 0, err
+    assert [json.loads(line)["text"] for line in out.splitlines()] == ["before", "after"]

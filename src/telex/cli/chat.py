@@ -132,12 +132,13 @@ def listen(
     most).
 
     ADDRESS may list several servers separated by commas (a:7777,b:7777): the first
-    that answers is used; a lost connection resumes the session on the next one.
+    that answers is used; a lost connection resumes the session on the next one, and so
+    does a server saying goodbye (it is stopping: another of the cluster goes on).
 
-    Exit codes: 0 the server said goodbye, or stopped by SIGTERM, or --count messages
-    arrived; 2 usage error; 3 cannot connect;
-    4 the connection was lost and could not be made again (or, with --count, the server
-    said goodbye before COUNT messages); 5 the certificate was refused;
+    Exit codes: 0 the server said goodbye (one ADDRESS), or stopped by SIGTERM, or
+    --count messages arrived; 2 usage error; 3 cannot connect;
+    4 the connection was lost and could not be made again (or, with --count and one
+    ADDRESS, the server said goodbye before COUNT messages); 5 the certificate was refused;
     6 the token was refused; 130 Ctrl-C (SIGINT), with how many messages arrived.
     """
     sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
@@ -182,7 +183,7 @@ async def _listen(
         handler=show if count is None else show_up_to_count,
         reconnect=retries > 0,
         retries=retries,
-        stay_after_goodbye=False,
+        stay_after_goodbye=len(addresses) > 1,  # several: a stopping server's peers go on
         on_state=lambda state: click.echo(f"telex: {state}", err=True),
         **options,
     )
