@@ -838,6 +838,11 @@ class Broker:
             self._settle(link)
 
     @property
+    def deferred(self) -> bool:
+        """A batch waits that ``take_batch(marks_now=False)`` left: receipts given."""
+        return self._committing is None and bool(self._batch)
+
+    @property
     def storing(self) -> bool:
         """A batch is being committed, or one waits to be: the store is still needed."""
         return self._committing is not None or bool(self._batch)
@@ -847,10 +852,15 @@ class Broker:
             self._commit_wanted = True
             self.actions.append(Commit())
 
-    def take_batch(self) -> Batch | None:
-        """The batch to commit now (None while one is being committed, or if empty)."""
+    def take_batch(self, *, marks_now: bool = True) -> Batch | None:
+        """The batch to commit now (None while one is being committed, or if empty; or,
+        unless ``marks_now``, if it holds only receipts given: nobody waits for those,
+        so they may wait for the next batch, then ``deferred`` is true)."""
         self._commit_wanted = False
-        if self._committing is not None or not self._batch:
+        batch = self._batch
+        if self._committing is not None or not batch:
+            return None
+        if not marks_now and not (batch.inbound or batch.envelopes or batch.delivered):
             return None
         batch, self._batch = self._batch, Batch()
         self._committing, self._thens = self._thens, _Thens()

@@ -68,6 +68,8 @@ __all__ = [
 
 DEFAULT_PORT = 7777
 DEFAULT_WINDOW = 1000
+MARKS_DELAY = 0.05
+"""Seconds receipts given (alone in a batch) wait to go with the next batch."""
 TEXT_PAUSE = 0.2
 """Seconds of quiet after which a text peer's unfinished line counts as a message."""
 
@@ -161,6 +163,7 @@ class Server:
         self._all_gone = asyncio.Event()
         self._store_thread: ThreadPoolExecutor | None = None
         self._commit_scheduled = False
+        self._marks_timer: asyncio.TimerHandle | None = None
         self._last_store_error = ""
 
     # -- life cycle -----------------------------------------------------------------
@@ -324,10 +327,27 @@ class Server:
                             self.read_store("release", (name,), _ignore)
 
     def _commit(self) -> None:
-        """Store what the broker collected this loop turn, on the store thread."""
+        """Store what the broker collected this loop turn, on the store thread. Receipts
+        given alone (a cluster's) wait up to ``MARKS_DELAY`` for the next batch: nobody
+        waits for them, and a commit of theirs would delay the next message's."""
         self._commit_scheduled = False
+        broker = self.broker
+        batch = broker.take_batch(marks_now=False)
+        if batch is None:
+            if broker.deferred and self._marks_timer is None:
+                loop = asyncio.get_running_loop()
+                self._marks_timer = loop.call_later(MARKS_DELAY, self._commit_marks)
+            return
+        self._submit(batch)
+
+    def _commit_marks(self) -> None:
+        self._marks_timer = None
         batch = self.broker.take_batch()
-        if batch is None or self._store_thread is None:
+        if batch is not None:
+            self._submit(batch)
+
+    def _submit(self, batch: Batch) -> None:
+        if self._store_thread is None:
             return
         size = sum(len(part.items) for part in batch.inbound)
         self.commit_sizes.observe(size + len(batch.envelopes) + len(batch.delivered))
