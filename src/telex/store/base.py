@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import heapq
 import itertools
-import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -247,13 +246,10 @@ class SharedStore(Store):
         """Receipts owed to these sessions, oldest first, a page at most."""
 
     @abstractmethod
-    def listen(
-        self,
-        on_wakeup: Callable[[WakeUp], object],
-        on_connected: Callable[[], object],
-        stop: threading.Event,
+    async def listen(
+        self, on_wakeup: Callable[[WakeUp], object], on_connected: Callable[[], object]
     ) -> None:
-        """Until ``stop`` is set, on a thread and a connection of its own: call
+        """Until cancelled, on the server's event loop and a connection of its own: call
         ``on_wakeup`` for each wake-up sent to this server, and ``on_connected()`` each
         time it (re)connects (what came while it was away must be read then).
         Reconnects by itself."""
