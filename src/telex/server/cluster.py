@@ -3,7 +3,7 @@
 The store does the shared part (who holds which name, under which server's lease; a
 NOTIFY to the server that holds a recipient, once per commit, this server's own
 commits included). This module is what a server does about it: it joins under a lease
-and renews it, and it listens for its wake-ups on a connection of its own. A wake-up
+and renews it, and it listens for its wake-ups on a thread of its own. A wake-up
 carries the messages stored for clients here, or says which to read on the store
 thread; either way the broker sends what is new. Wake-ups are handled in the order
 they came, which is the order the commits were numbered, so each client gets its
@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 from collections import deque
 from typing import TYPE_CHECKING
 
@@ -47,7 +48,8 @@ class Membership:
         self.store = store
         self.lease = lease
         self.server_id = ""
-        self._listener: asyncio.Task[None] | None = None
+        self._stop = threading.Event()
+        self._listener: threading.Thread | None = None
         self._renewing: asyncio.Task[None] | None = None
         # Wake-ups of messages for clients here, in the order they came; None: read all
         # that is pending (after a reconnect, at each renewal).
@@ -57,25 +59,36 @@ class Membership:
         self._unreachable = False
 
     async def start(self) -> None:
+        loop = asyncio.get_running_loop()
         self.server_id = await self.server.on_store_thread(self.store.join, self.lease)
         self.server.broker.guest_prefix = f"guest-{self.server_id[:6]}-"
-        self._listener = asyncio.create_task(
-            self.store.listen(self._notified, self._read_everything)
+
+        def notified(wakeup: WakeUp) -> None:
+            loop.call_soon_threadsafe(self._notified, wakeup)
+
+        def connected() -> None:
+            loop.call_soon_threadsafe(self._read_everything)
+
+        self._listener = threading.Thread(
+            target=self.store.listen,
+            args=(notified, connected, self._stop),
+            name="telex-listen",
+            daemon=True,
         )
+        self._listener.start()
         self._renewing = asyncio.create_task(self._renew())
 
     async def close(self) -> None:
         """Stop listening and renewing, and leave: the names held here are free at once."""
-        if self._listener is not None:
-            self._listener.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._listener
+        self._stop.set()
         if self._reading is not None:
             self._reading.cancel()
         if self._renewing is not None:
             self._renewing.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._renewing
+        if self._listener is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self._listener.join, 5.0)
         with contextlib.suppress(StoreError):
             await self.server.on_store_thread(self.store.leave)
 

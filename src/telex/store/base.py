@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -246,10 +247,13 @@ class SharedStore(Store):
         """Receipts owed to these sessions, oldest first, a page at most."""
 
     @abstractmethod
-    async def listen(
-        self, on_wakeup: Callable[[WakeUp], object], on_connected: Callable[[], object]
+    def listen(
+        self,
+        on_wakeup: Callable[[WakeUp], object],
+        on_connected: Callable[[], object],
+        stop: threading.Event,
     ) -> None:
-        """Until cancelled, on the server's event loop and a connection of its own: call
+        """Until ``stop`` is set, on a thread and a connection of its own: call
         ``on_wakeup`` for each wake-up sent to this server, and ``on_connected()`` each
         time it (re)connects (what came while it was away must be read then).
         Reconnects by itself."""

@@ -48,12 +48,12 @@ opening a store upgrades an older schema and refuses a newer one.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import contextlib
 import dataclasses
 import json
 import secrets
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, TypeVar
@@ -1017,24 +1017,24 @@ class PostgresStore(SharedStore):
             for seq, session, sender_id, status, reason, reply, kinds in rows
         ]  # fmt: skip
 
-    async def listen(
-        self, on_wakeup: Callable[[WakeUp], object], on_connected: Callable[[], object]
+    def listen(
+        self,
+        on_wakeup: Callable[[WakeUp], object],
+        on_connected: Callable[[], object],
+        stop: threading.Event,
     ) -> None:
-        """psycopg's asyncio connection, on the server's loop: a wake-up is handled as
-        soon as its bytes arrive, with no thread to hand it over."""
         pause = 0.1
-        while True:
+        while not stop.is_set():
             try:
-                async with await psycopg.AsyncConnection.connect(
-                    self.url, autocommit=True, **_CONNECTION
-                ) as db:
-                    await db.execute(f'LISTEN "{self.channel}"'.encode())
+                with psycopg.connect(self.url, autocommit=True, **_CONNECTION) as db:
+                    db.execute(f'LISTEN "{self.channel}"'.encode())
                     pause = 0.1
                     on_connected()
-                    async for note in db.notifies():
-                        on_wakeup(wakeup(note.payload))
+                    while not stop.is_set():
+                        for note in db.notifies(timeout=0.5):
+                            on_wakeup(wakeup(note.payload))
             except psycopg.Error:
-                await asyncio.sleep(pause)
+                stop.wait(pause)
                 pause = min(pause * 2, 2.0)
 
     def close(self) -> None:
