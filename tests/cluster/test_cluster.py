@@ -78,15 +78,15 @@ async def test_a_message_to_a_client_of_another_server_is_delivered_with_its_rec
         assert got == [f"hello {i}" for i in range(20)]  # in order
         assert sorted(r.id for r in receipts) == [ack.id for ack in acks]
         assert sorted(r.reply for r in receipts) == sorted(f"ok hello {i}" for i in range(20))
-        store = PostgresStore(postgres_url)
-        try:
-            owed = store.db.execute("SELECT count(*) FROM telex_messages WHERE owed").fetchone()
-            undelivered = store.db.execute(
-                "SELECT count(*) FROM telex_messages WHERE delivered IS NULL"
-            ).fetchone()
-        finally:
-            store.close()
-        assert owed == (0,) and undelivered == (0,)
+    store = PostgresStore(postgres_url)  # the servers stopped: every mark is stored
+    try:
+        owed = store.db.execute("SELECT count(*) FROM telex_messages WHERE owed").fetchone()
+        undelivered = store.db.execute(
+            "SELECT count(*) FROM telex_messages WHERE delivered IS NULL"
+        ).fetchone()
+    finally:
+        store.close()
+    assert owed == (0,) and undelivered == (0,)
 
 
 async def test_a_name_is_held_once_in_the_whole_cluster(postgres_url: str) -> None:
@@ -302,3 +302,58 @@ async def test_senders_on_two_servers_to_one_client_arrive_in_order_without_a_re
                                      [f"carol {i}" for i in range(count)])  # fmt: skip
         for who in ("alice", "carol"):  # each sender's in its order
             assert [m for m in got if m.startswith(who)] == [f"{who} {i}" for i in range(count)]
+
+
+async def test_a_client_reconnecting_while_messages_stream_in_misses_none_and_is_never_late(
+    postgres_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Messages stored by another server while bob's handshake runs (after its outbox
+    was read, before its welcome) are sent after the outbox, not left for a later read
+    that would find them below what was sent. No timer (a long lease): by wake-ups."""
+    count = 3000
+    async with cluster(postgres_url, 2, lease=600) as (a, b):
+        got: list[str] = []
+        async with client(a, "alice") as alice:
+            sending = asyncio.ensure_future(
+                alice.send_many((f"m {i}" for i in range(count)), to="bob", window=20)
+            )
+            while not sending.done():
+                bob = client(b, "bob", session="s-bob", handler=lambda m: got.append(str(m.body)))
+                await bob.connect()
+                await asyncio.sleep(0.05)
+                await bob.close()
+            await sending
+            async with client(b, "bob", session="s-bob", handler=lambda m: got.append(str(m.body))):
+                await until(lambda: len(set(got)) == count, timeout=30)
+    assert set(got) == {f"m {i}" for i in range(count)}
+    assert "came late" not in caplog.text
+
+
+def test_a_claim_that_waited_for_the_row_sees_the_new_holders_lease(postgres_url: str) -> None:
+    """Two claims of one name at once: the second waits for the first's row lock, then
+    must see the new holder alive (its lease read after the lock), not take the name."""
+    import threading
+
+    first, second = PostgresStore(postgres_url), PostgresStore(postgres_url)
+    try:
+        first.join(60)
+        second.join(60)
+        assert not first.session_state("s1", "bob").taken
+        with psycopg.connect(postgres_url) as other:  # a third server taking it over
+            other.execute(
+                "INSERT INTO telex_servers (id, channel, lease_until) "
+                "VALUES ('third', 'telex_third', now() + interval '1 minute')"
+            )
+            other.execute("UPDATE telex_names SET server = 'third' WHERE name = 'bob'")
+            result: list[bool] = []
+            claiming = threading.Thread(
+                target=lambda: result.append(second.session_state("s2", "bob").taken)
+            )
+            claiming.start()
+            time.sleep(0.5)  # the claim waits for the row
+            other.commit()
+        claiming.join(10)
+        assert result == [True]  # taken: the third server holds it, alive
+    finally:
+        first.close()
+        second.close()

@@ -1079,10 +1079,10 @@ class Broker:
         oldest first): each is sent unless it is on its way or answered already."""
         for name, message in pending:
             link = self.clients.get(name)
-            if link is None or not link.open or link.deliveries is None:
-                continue  # it arrives with its outbox when the client is welcomed
+            if link is None or link.deliveries is None:
+                continue  # (it stays in the outbox)
             if message.seq in self._answered or message.seq in link.outgoing:
-                continue
+                continue  # (a client still in its handshake gets it after its outbox)
             on_answer = self._outbox_answer(message, name)
             self.deliver(link, message.body, message.sender, on_answer, message.seq)
 

@@ -57,6 +57,7 @@ class Membership:
         self._reading: asyncio.Future[None] | None = None  # the read under way
         self._owed_scheduled = False
         self._unreachable = False
+        self._closed = False
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -80,6 +81,7 @@ class Membership:
 
     async def close(self) -> None:
         """Stop listening and renewing, and leave: the names held here are free at once."""
+        self._closed = True
         self._stop.set()
         if self._reading is not None:
             self._reading.cancel()
@@ -117,7 +119,7 @@ class Membership:
         order the commits were numbered): carried messages at once, others by a read;
         while a read is under way, those behind it wait, so that nothing overtakes."""
         broker = self.server.broker
-        while self._waiting and self._reading is None:
+        while self._waiting and self._reading is None and not self._closed:
             wakeup = self._waiting.popleft()
             if wakeup is not None and wakeup.messages:
                 broker.pending_arrived(wakeup.messages)
@@ -133,8 +135,8 @@ class Membership:
         try:
             while True:
                 found = await self.server.on_store_thread(
-                    self.store.pending, broker.names(), low, high
-                )
+                    self.store.pending, list(broker.clients), low, high
+                )  # welcomed or not: one in its handshake may be past its outbox read
                 broker.pending_arrived(found)
                 self.server.run_actions()
                 if len(found) < READ_PAGE:

@@ -254,6 +254,16 @@ _CONNECTION: dict[str, Any] = {
 }
 """libpq's settings for every connection: a database that goes silent (a host gone, a
 network cut) is noticed within seconds, as one that refuses, not after minutes."""
+_SESSION = (
+    "-c tcp_keepalives_idle=5 -c tcp_keepalives_interval=2 -c tcp_keepalives_count=3 "
+    "-c tcp_user_timeout=10000 -c idle_in_transaction_session_timeout=15s "
+    "-c lock_timeout=15s"
+)
+"""PostgreSQL's side of it: a server cut off mid-transaction holds the commit lock (the
+advisory lock every commit that stores messages takes) only until PostgreSQL notices
+(keepalives, an idle transaction ended after 15 s), and a commit or a handshake that
+waits for a lock longer than 15 s fails (its messages refused, never acknowledged)
+instead of waiting for ever."""
 MINIMUM_VERSION = 130000  # PostgreSQL 13: pg_current_xact_id, pg_xact_status
 RETRY_FOR = 10.0
 """Seconds a call waits for an unreachable database (restarting, say) before it fails."""
@@ -273,7 +283,7 @@ class PostgresStore(SharedStore):
     def __init__(self, url: str, *, retry_for: float = RETRY_FOR) -> None:
         self.url = url
         self.retry_for = retry_for
-        self._patience = retry_for  # what ``_again`` waits now
+        self._until: float | None = None  # a deadline for every call (a handshake's)
         self.server_id: str | None = None  # once it joined a cluster
         self.channel = ""
         self.lease = 0.0
@@ -293,18 +303,23 @@ class PostgresStore(SharedStore):
 
     def _connect(self) -> psycopg.Connection[tuple[Any, ...]]:
         try:
-            self._db = psycopg.connect(self.url, autocommit=True, **_CONNECTION)
+            self._db = psycopg.connect(self.url, autocommit=True, **self._settings())
         except psycopg.Error as exc:  # libpq: "connection failed: ... failed: WHY\n\tHINT"
             first = str(exc).strip().split("\n")[0]
             reason = first.rpartition("failed: ")[2].strip() or type(exc).__name__
             raise Unreachable(f"cannot reach the database {self.where}: {reason}") from None
         return self._db
 
+    def _settings(self) -> dict[str, Any]:
+        """``_CONNECTION``, and ``_SESSION`` after the URL's own ``options``, if any."""
+        given = psycopg.conninfo.conninfo_to_dict(self.url).get("options")
+        return {**_CONNECTION, "options": f"{given} {_SESSION}" if given else _SESSION}
+
     def _again(self, call: Callable[[], _T]) -> _T:
         """``call()``; while the database cannot be reached (a refused connection, one
         lost mid-call) try again, for up to ``retry_for`` seconds. Any other error, or
         the time up, is a ``StoreError``."""
-        deadline = time.monotonic() + self._patience
+        deadline = self._until or time.monotonic() + self.retry_for
         pause = 0.05
         while True:
             try:
@@ -560,11 +575,11 @@ class PostgresStore(SharedStore):
         """In a cluster, the name is claimed first: ``taken`` if another server's client
         holds it. The receipts owed to the session come with its outbox. A client waits
         for this in its handshake: the database is waited for ``HANDSHAKE_WAIT`` at most."""
-        self._patience = min(self.retry_for, HANDSHAKE_WAIT)
+        self._until = time.monotonic() + min(self.retry_for, HANDSHAKE_WAIT)
         try:
             return self._session_state(session, name)
         finally:
-            self._patience = self.retry_for
+            self._until = None
 
     def _session_state(self, session: str | None, name: str) -> SessionState:
         if self.server_id is not None:
@@ -945,11 +960,8 @@ class PostgresStore(SharedStore):
         db = self.db
         with db.transaction():
             row = db.execute(
-                "SELECT n.server, n.session, coalesce(s.lease_until > now(), false), "
-                "s.channel FROM telex_names n LEFT JOIN telex_servers s ON s.id = n.server "
-                "WHERE n.name = %s FOR UPDATE OF n",
-                (name,),
-            ).fetchone()
+                "SELECT server, session FROM telex_names WHERE name = %s FOR UPDATE", (name,)
+            ).fetchone()  # locked first; then the holder's lease, read after the lock
             if row is None:
                 inserted = db.execute(
                     "INSERT INTO telex_names (name, server, session) VALUES (%s, %s, %s) "
@@ -957,7 +969,11 @@ class PostgresStore(SharedStore):
                     (name, self.server_id, session),
                 ).fetchone()
                 return inserted is not None
-            server, holder, alive, channel = row
+            server, holder = row
+            lease = db.execute(
+                "SELECT lease_until > now(), channel FROM telex_servers WHERE id = %s", (server,)
+            ).fetchone()
+            alive, channel = lease if lease is not None else (False, None)
             elsewhere = alive and server != self.server_id
             if elsewhere and (session is None or holder != session):
                 return False
@@ -1026,13 +1042,18 @@ class PostgresStore(SharedStore):
         pause = 0.1
         while not stop.is_set():
             try:
-                with psycopg.connect(self.url, autocommit=True, **_CONNECTION) as db:
+                with psycopg.connect(self.url, autocommit=True, **self._settings()) as db:
                     db.execute(f'LISTEN "{self.channel}"'.encode())
                     pause = 0.1
                     on_connected()
                     while not stop.is_set():
                         for note in db.notifies(timeout=0.5):
-                            on_wakeup(wakeup(note.payload))
+                            try:
+                                told = wakeup(note.payload)
+                            except (ValueError, TypeError, KeyError):  # not ours to read:
+                                on_connected()  # read everything instead
+                                continue
+                            on_wakeup(told)
             except psycopg.Error:
                 stop.wait(pause)
                 pause = min(pause * 2, 2.0)
