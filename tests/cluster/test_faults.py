@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import shutil
 import signal
 import subprocess
 import tempfile
@@ -175,8 +176,13 @@ def main() -> None:
     postgres = next(cluster)
     try:
         for number in range(1, options.runs + 1):
-            with tempfile.TemporaryDirectory() as folder:
+            folder = tempfile.mkdtemp(prefix="telex-faults-")
+            try:
                 timings = run_once(postgres, Path(folder), options.lines)
+            except AssertionError:
+                print(f"run {number}: FAILED; its outputs are in {folder}", flush=True)
+                raise
+            shutil.rmtree(folder)
             figures = ", ".join(f"{key} {value:.1f} s" for key, value in timings.items())
             print(f"run {number}: passed ({figures})", flush=True)
     finally:

@@ -493,7 +493,9 @@ class PostgresStore(SharedStore):
     def _commit_marks(self, batch: Batch, now: float) -> Committed:
         """A batch of marks only (delivered, receipted): one round trip (a pipeline), its
         COMMIT not waiting for the disk (see ``_MARKS``). Storing marks twice is storing
-        them once, so one whose COMMIT answer was lost is simply stored again."""
+        them once, so whatever goes wrong (a connection lost mid-pipeline, a database
+        shutting down) they are simply tried again, on a new connection, for as long as
+        a commit waits: a recipient's answer is not dropped on a transient error."""
         db = self.db
         try:
             with db.pipeline(), db.cursor() as cursor:
@@ -501,12 +503,9 @@ class PostgresStore(SharedStore):
                     cursor.execute(statement)
                 self._mark(cursor, batch, now)
                 cursor.execute(b"COMMIT")
-        except psycopg.Error:
-            idle = psycopg.pq.TransactionStatus.IDLE
-            if not db.broken and db.info.transaction_status != idle:
-                with contextlib.suppress(psycopg.Error):
-                    db.execute(b"ROLLBACK")
-            raise
+        except psycopg.Error as exc:
+            db.close()  # whatever state it is in: the next try opens a new one
+            raise _TryAgain(f"the marks were not stored: {_reason(exc)}") from exc
         return Committed([], [])
 
     def _mark(self, cursor: psycopg.Cursor[tuple[Any, ...]], batch: Batch, now: float) -> None:
