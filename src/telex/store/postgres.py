@@ -161,12 +161,12 @@ _NUMBER = (
 """The transaction, its lock (the CTE's row is needed before ``setval`` runs), and the
 last of a block of seqs, in one round trip: the simple query protocol takes several
 statements, without parameters, so the two numbers are written in (integers only)."""
-_MARKS = (b"BEGIN", b"SET LOCAL synchronous_commit TO off")
-"""A transaction of marks only (delivered, receipted): its COMMIT does not wait for the
-disk. A crash of PostgreSQL may lose the last of them, and then a message is sent again
-(its recipient's client knows its id) or a receipt given again (its sender's client
-hands it over once), never lost: a later commit that waits for the disk makes every
-earlier one durable, so what is lost is only the newest marks."""
+_RECEIPTS_ONLY = b"SET LOCAL synchronous_commit TO off"
+"""A transaction of receipts given only: its COMMIT does not wait for the disk. A crash
+of PostgreSQL may lose the last of them, and then a receipt is given again (its
+sender's client hands it over once). Recipients' answers (``delivered``) do wait: one
+lost would send a message again, and a recipient that came back as a new session
+would take it twice."""
 _SEGMENT_COLUMNS = "seq, count, session, sender, first_id, last_id, received, messages"
 _COPY_SEGMENTS = f"COPY telex_segments ({_SEGMENT_COLUMNS}) FROM STDIN (FORMAT BINARY)"
 _SEGMENT_TYPES = ["int8", "int4", "text", "text", "int8", "int8", "float8", "bytea"]
@@ -387,20 +387,41 @@ class PostgresStore(SharedStore):
 
         While the database cannot be reached it tries again, for up to ``retry_for``
         seconds. A connection lost while COMMIT was on its way leaves the outcome in
-        doubt: once the database answers again, the transaction's id says whether it
-        committed (``pg_xact_status``), so that the batch is stored exactly once."""
+        doubt: once the database answers again, the batch's first row says whether it
+        committed (``_landed``), so that the batch is stored exactly once."""
 
         def once() -> Committed:
             try:
                 return self._commit(batch, now)
             except _InDoubt as doubt:
-                xid = doubt.xid
-                status = self._again(lambda: self._xact_status(xid))
-                if status == "committed":
-                    return doubt.result
+                xid, result = doubt.xid, doubt.result
+                if self._again(lambda: self._landed(batch, result, now, xid)):
+                    return result
                 raise _TryAgain(f"the commit was lost ({doubt}): not stored") from doubt
 
         return self._again(once)
+
+    def _landed(self, batch: Batch, result: Committed, now: float, xid: str) -> bool:
+        """Whether a batch whose COMMIT answer was lost is stored: its first row, by its
+        seq and its time (``now``, to the microsecond). Not the transaction id alone:
+        after a crash PostgreSQL hands out again the ids (and seqs) it had not logged,
+        so another transaction may have committed under ours. While ours may still be
+        committing (its id in progress), it waits."""
+        if result.inbound:
+            part = batch.inbound[0]
+            row = self.db.execute(
+                "SELECT 1 FROM telex_segments WHERE seq = %s AND received = %s AND count = %s",
+                (result.inbound[0], now, len(part.items)),
+            ).fetchone()
+        else:
+            row = self.db.execute(
+                "SELECT 1 FROM telex_messages WHERE seq = %s AND received = %s AND recipient = %s",
+                (result.envelopes[0], now, batch.envelopes[0].recipient),
+            ).fetchone()
+        if row is not None:
+            return True
+        self._xact_status(xid)  # raises _TryAgain while it is in progress
+        return False
 
     def _xact_status(self, xid: str) -> str | None:
         """'committed' or 'aborted' (None: too old to know), once it is either."""
@@ -491,16 +512,17 @@ class PostgresStore(SharedStore):
         return transaction.result
 
     def _commit_marks(self, batch: Batch, now: float) -> Committed:
-        """A batch of marks only (delivered, receipted): one round trip (a pipeline), its
-        COMMIT not waiting for the disk (see ``_MARKS``). Storing marks twice is storing
-        them once, so whatever goes wrong (a connection lost mid-pipeline, a database
-        shutting down) they are simply tried again, on a new connection, for as long as
-        a commit waits: a recipient's answer is not dropped on a transient error."""
+        """A batch of marks only (delivered, receipted): one round trip (a pipeline); its
+        COMMIT waits for the disk unless it holds receipts only (``_RECEIPTS_ONLY``).
+        Storing marks twice is storing them once, so whatever goes wrong (a connection
+        lost mid-pipeline, a database shutting down) they are simply tried again, on a
+        new connection, for as long as a commit waits: an answer is not dropped."""
         db = self.db
         try:
             with db.pipeline(), db.cursor() as cursor:
-                for statement in _MARKS:
-                    cursor.execute(statement)
+                cursor.execute(b"BEGIN")
+                if not batch.delivered:
+                    cursor.execute(_RECEIPTS_ONLY)
                 self._mark(cursor, batch, now)
                 cursor.execute(b"COMMIT")
         except psycopg.Error as exc:
