@@ -407,8 +407,11 @@ def test_a_reader_that_goes_away_stops_the_printing_not_the_sending() -> None:
 
 
 @contextmanager
-def listening(address: str, *options: str) -> Iterator[subprocess.Popen[str]]:
-    """``telex listen --json``, once the server has it (its banner is on stderr)."""
+def listening(
+    address: str, *options: str, banner: str = "listening as"
+) -> Iterator[subprocess.Popen[str]]:
+    """``telex listen --json``, once the server has it (its banner, which must hold
+    ``banner``, is on stderr)."""
     process = subprocess.Popen(
         [*TELEX, "listen", address, "--json", *options],
         stdin=subprocess.DEVNULL,
@@ -418,7 +421,7 @@ def listening(address: str, *options: str) -> Iterator[subprocess.Popen[str]]:
     )
     try:
         assert process.stderr is not None
-        assert "listening as" in read_line(process.stderr)
+        assert banner in read_line(process.stderr)
         yield process
     finally:
         if process.poll() is None:

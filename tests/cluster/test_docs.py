@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 from pathlib import Path
 
-from tests.cli.test_cli import TELEX, read_line, serve, telex
+from tests.cli.test_cli import listening, serve, telex
 from tests.conftest import TIMEOUT
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "cluster.md"
@@ -41,23 +40,14 @@ def test_the_client_tour_of_docs_cluster_prints_what_it_shows(postgres_url: str)
             words = words.replace("postgresql://telex@127.0.0.1/telex", postgres_url)
             return words.split()[1:]  # without "telex"
 
-        listen_args = [*real(commands[0]), "--count", "1"]
-        listener = subprocess.Popen(
-            [*TELEX, *listen_args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-        )
-        try:
-            assert listener.stderr is not None
-            assert "listening as bob" in read_line(listener.stderr)
+        _, address, *options = real(commands[0])
+        with listening(address, *options, "--count", "1", banner="listening as bob") as listener:
             sent = telex(*[w.strip('"') for w in real(commands[1])])
             assert sent.returncode == 0, sent.stderr
             assert sent.stdout.splitlines() == steps[1][1]
             out, _ = listener.communicate(timeout=TIMEOUT)
             assert listener.returncode == 0
             assert "hello" in out
-        finally:
-            if listener.poll() is None:
-                listener.kill()
-                listener.communicate(timeout=TIMEOUT)
         logged = telex(*real(commands[2]))
         assert logged.returncode == 0, logged.stderr
         assert "hello" in logged.stdout
@@ -70,25 +60,14 @@ def test_listen_with_several_addresses_moves_on_when_its_server_stops(postgres_u
     goes on with the next, where its name and outbox follow it."""
     with serve("--db", postgres_url, "-q") as first, serve("--db", postgres_url, "-q") as second:
         addresses = f"{first.address},{second.address}"
-        listener = subprocess.Popen(
-            [*TELEX, "listen", addresses, "--name", "bob", "--count", "2", "--json"],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        try:
-            assert listener.stderr is not None
-            assert "listening as bob" in read_line(listener.stderr)
+        options = ("--name", "bob", "--count", "2")
+        with listening(addresses, *options, banner="listening as bob") as listener:
             assert telex("send", first.address, "--to", "bob", "before").returncode == 0
             code, _ = first.stop()  # SIGTERM: goodbye to bob
             assert code == 0
             sent = telex("send", second.address, "--to", "bob", "after")
             assert sent.returncode == 0, sent.stderr
             out, err = listener.communicate(timeout=TIMEOUT)
-        finally:
-            if listener.poll() is None:
-                listener.kill()
-                listener.communicate(timeout=TIMEOUT)
         second.stop()
     assert listener.returncode == 0, err
     assert [json.loads(line)["text"] for line in out.splitlines()] == ["before", "after"]
