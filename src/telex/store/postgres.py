@@ -185,27 +185,39 @@ order the commits were numbered, so a client gets its messages in seq order (ids
 connection only increase), whichever server stored them. A server whose lease ran
 out is woken too: it may be back, and nobody else holds those names."""
 _CARRIED = 16  # envelopes a wake-up may carry (when their bodies are small)
-_WAKE_WITH_MESSAGES = (
-    "WITH w AS (SELECT n.name, n.server, s.channel, s.lease_until, "
+_BY_RECIPIENT = (
+    "SELECT n.name, n.server, s.channel, s.lease_until, "
     "json_agg(json_build_array(e.seq, e.recipient, e.session, e.sender_id, e.sender, "
     "encode(e.body, 'base64'), e.kinds) ORDER BY e.seq)::text AS carried, "
     "min(e.seq) AS low, max(e.seq) AS high "
-    "FROM unnest(%(recipients)s::text[], %(seqs)s::bigint[], %(sessions)s::text[], "
-    "%(ids)s::bigint[], %(senders)s::text[], %(bodies)s::bytea[], %(kinds)s::int[]) "
-    "AS e (recipient, seq, session, sender_id, sender, body, kinds) "
-    "JOIN telex_names n ON n.name = e.recipient JOIN telex_servers s ON s.id = n.server "
-    "GROUP BY n.name, n.server, s.channel, s.lease_until) "
-    "SELECT array_agg(name) FILTER (WHERE lease_until > now() AND server <> %(me)s), "
-    "pg_notify(channel, "
-    "CASE WHEN sum(octet_length(carried)) < 7000 "
+    "FROM {messages} JOIN telex_names n ON n.name = e.recipient "
+    "JOIN telex_servers s ON s.id = n.server GROUP BY n.name, n.server, s.channel, s.lease_until"
+)
+"""Messages ``e`` (from ``{messages}``) by recipient and its server: as a JSON list, and
+their lowest and highest seq."""
+_HELD_ELSEWHERE = "array_agg(name) FILTER (WHERE lease_until > now() AND server <> %(me)s)"
+"""From ``w`` (``_BY_RECIPIENT``): the recipients another live server holds."""
+_NOTIFY_CARRIED = (
+    "pg_notify(channel, CASE WHEN sum(octet_length(carried)) < 7000 "
     "THEN 'D [' || string_agg(substr(carried, 2, length(carried) - 2), ',') || ']' "
     "ELSE 'd ' || min(low) || ' ' || max(high) END) FROM w GROUP BY channel"
 )
+"""From ``w``: one NOTIFY a server, carrying its messages while they fit in the payload
+(8000 bytes), else naming their range."""
+_WAKE_WITH_MESSAGES = (
+    "WITH w AS ("
+    + _BY_RECIPIENT.format(
+        messages="unnest(%(recipients)s::text[], %(seqs)s::bigint[], %(sessions)s::text[], "
+        "%(ids)s::bigint[], %(senders)s::text[], %(bodies)s::bytea[], %(kinds)s::int[]) "
+        "AS e (recipient, seq, session, sender_id, sender, body, kinds)"
+    )
+    + f") SELECT {_HELD_ELSEWHERE}, {_NOTIFY_CARRIED}"
+)
 """As ``_WAKE``, with the messages themselves in the NOTIFY ('D' and a JSON list of
 [seq, recipient, session, sender_id, sender, base64 body, kinds]) while they fit in
-its payload (8000 bytes): the woken server need not read them."""
-_STORE_ROUTED = (
-    "WITH locked AS (SELECT pg_advisory_xact_lock(%(lock)s)), "
+its payload: the woken server need not read them."""
+_STORE_ROUTED = (  # built from the constants above only: no value is written in
+    "WITH locked AS (SELECT pg_advisory_xact_lock(%(lock)s)), "  # noqa: S608
     "block AS (SELECT setval('telex_seq', nextval('telex_seq') + %(n)s - 1) - %(n)s AS base "
     "FROM locked), "
     "e AS (SELECT block.base + u.ord AS seq, u.recipient, u.session, u.sender_id, u.sender, "
@@ -215,17 +227,8 @@ _STORE_ROUTED = (
     "stored AS (INSERT INTO telex_messages (seq, session, sender_id, sender, recipient, body, "
     "kinds, received) SELECT seq, session, sender_id, sender, recipient, body, kinds, "
     "%(now)s FROM e), "
-    "w AS (SELECT n.name, n.server, s.channel, s.lease_until, "
-    "json_agg(json_build_array(e.seq, e.recipient, e.session, e.sender_id, e.sender, "
-    "encode(e.body, 'base64'), e.kinds) ORDER BY e.seq)::text AS carried, "
-    "min(e.seq) AS low, max(e.seq) AS high "
-    "FROM e JOIN telex_names n ON n.name = e.recipient JOIN telex_servers s ON s.id = n.server "
-    "GROUP BY n.name, n.server, s.channel, s.lease_until), "
-    "woken AS (SELECT array_agg(name) FILTER (WHERE lease_until > now() AND server <> %(me)s) "
-    "AS names, "
-    "pg_notify(channel, CASE WHEN sum(octet_length(carried)) < 7000 "
-    "THEN 'D [' || string_agg(substr(carried, 2, length(carried) - 2), ',') || ']' "
-    "ELSE 'd ' || min(low) || ' ' || max(high) END) FROM w GROUP BY channel) "
+    "w AS (" + _BY_RECIPIENT.format(messages="e") + "), "  # noqa: S608
+    f"woken AS (SELECT {_HELD_ELSEWHERE} AS names, {_NOTIFY_CARRIED}) "
     "SELECT (SELECT base FROM block), pg_current_xact_id()::text, "
     "(SELECT array_agg(name) FROM woken, unnest(woken.names) AS name)"
 )
