@@ -64,6 +64,7 @@ from ..core.records import (
     Answered,
     Batch,
     Committed,
+    Envelope,
     Found,
     Item,
     Pending,
@@ -490,7 +491,6 @@ class PostgresStore(SharedStore):
         client): numbered, stored and their servers woken by one statement
         (``_STORE_ROUTED``), sent in one round trip with the marks, then COMMIT."""
         envelopes = batch.envelopes
-        rows = [_encode(e.body, None) for e in envelopes]
         db = self.db
         with _Transaction(db) as transaction, db.cursor() as cursor, db.cursor() as other:
             with db.pipeline() as pipeline:
@@ -498,12 +498,7 @@ class PostgresStore(SharedStore):
                 cursor.execute(
                     _STORE_ROUTED,
                     {"lock": _LOCK, "n": len(envelopes), "now": now, "me": self.server_id,
-                     "recipients": [e.recipient for e in envelopes],
-                     "sessions": [e.session for e in envelopes],
-                     "ids": [e.sender_id for e in envelopes],
-                     "senders": [e.sender for e in envelopes],
-                     "bodies": [body for body, _, _ in rows],
-                     "kinds": [kinds for _, _, kinds in rows]},
+                     **_envelope_columns(envelopes)},
                 )  # fmt: skip
                 self._mark(other, batch, now)
                 pipeline.sync()
@@ -547,25 +542,16 @@ class PostgresStore(SharedStore):
     def _wake_recipients(
         self, cursor: psycopg.Cursor[tuple[Any, ...]], batch: Batch, seqs: list[int]
     ) -> frozenset[str]:
-        """One NOTIFY per other server holding a recipient of the batch (sent when the
-        transaction commits): the messages themselves when they are few and small (it
-        need not read them), else the seqs it should read; the recipients it holds."""
-        envelopes = batch.envelopes
-        recipients = [envelope.recipient for envelope in envelopes]
-        small = self._carried(batch)
-        given = {"recipients": recipients, "seqs": seqs, "me": self.server_id}
-        if small:
-            rows = [_encode(e.body, None) for e in envelopes]
-            cursor.execute(
-                _WAKE_WITH_MESSAGES,
-                {**given, "sessions": [e.session for e in envelopes],
-                 "ids": [e.sender_id for e in envelopes],
-                 "senders": [e.sender for e in envelopes],
-                 "bodies": [body for body, _, _ in rows],
-                 "kinds": [kinds for _, _, kinds in rows]},
-            )  # fmt: skip
+        """One NOTIFY per server holding a recipient of the batch, this one included
+        (sent when the transaction commits): the messages themselves when they are few
+        and small (it need not read them), else the seqs it should read; the recipients
+        other servers hold."""
+        given = {"seqs": seqs, "me": self.server_id}
+        if self._carried(batch):
+            cursor.execute(_WAKE_WITH_MESSAGES, {**given, **_envelope_columns(batch.envelopes)})
         else:
-            cursor.execute(_WAKE, given)
+            recipients = [envelope.recipient for envelope in batch.envelopes]
+            cursor.execute(_WAKE, {**given, "recipients": recipients})
         return frozenset(name for names, _ in cursor.fetchall() for name in names or ())
 
     def _mark_delivered(
@@ -1149,6 +1135,20 @@ def _encode(body: Any, reply: Any) -> tuple[bytes, bytes | None, int]:
     elif reply is not None:
         reply = bytes(reply)
     return bytes(body), reply, kinds
+
+
+def _envelope_columns(envelopes: Sequence[Envelope]) -> dict[str, list[Any]]:
+    """The envelopes' fields as arrays, for ``unnest`` (``_WAKE_WITH_MESSAGES``,
+    ``_STORE_ROUTED``): their bodies as bytes, with the kinds bits that say which were text."""
+    rows = [_encode(envelope.body, None) for envelope in envelopes]
+    return {
+        "recipients": [envelope.recipient for envelope in envelopes],
+        "sessions": [envelope.session for envelope in envelopes],
+        "ids": [envelope.sender_id for envelope in envelopes],
+        "senders": [envelope.sender for envelope in envelopes],
+        "bodies": [body for body, _, _ in rows],
+        "kinds": [kinds for _, _, kinds in rows],
+    }
 
 
 def _size(body: Any) -> int:
