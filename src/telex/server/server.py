@@ -379,8 +379,9 @@ class Server:
         inbound = [self._store_part(Batch(inbound=[part]), now) for part in batch.inbound]
         envelopes = [self._store_part(Batch(envelopes=[part]), now) for part in batch.envelopes]
         if batch.delivered or batch.receipted:  # if these fail, they are sent again later
-            marks = Batch(delivered=batch.delivered, answers=batch.answers)
-            marks.receipted = batch.receipted
+            marks = Batch(
+                delivered=batch.delivered, answers=batch.answers, receipted=batch.receipted
+            )
             self._store_part(marks, now)
         return inbound, envelopes, error, frozenset()
 
